@@ -1,0 +1,649 @@
+""" Global Filter Networks (GFNet)
+
+Papers:
+* `Global Filter Networks for Image Classification` - https://arxiv.org/abs/2107.00645 (NeurIPS 2021)
+* `GFNet: Global Filter Networks for Visual Recognition` - https://arxiv.org/abs/2304.06446 (T-PAMI)
+
+@inproceedings{rao2021global,
+  title={Global Filter Networks for Image Classification},
+  author={Rao, Yongming and Zhao, Wenliang and Zhu, Zheng and Lu, Jiwen and Zhou, Jie},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2021}
+}
+
+Isotropic (`gfnet_ti/xs/s/b`) and hierarchical (`gfnet_h_ti/h_s/h_b`) models, computing exactly what the
+authors' models (https://github.com/raoyongming/GFNet, MIT licence) compute. Activations stay channels-last
+(B, H, W, C) from the patch embedding to the head, so blocks need no reshapes and the filter takes the
+grid as it is.
+"""
+import re
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, get_device_dtype, \
+    resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, load_pretrained, register_model
+from timm.models._features import feature_take_indices
+
+from .checkpoint import read_checkpoint, unwrap_state_dict
+from .download import resolve_pretrained_source
+from .global_filter import GlobalFilter, resample_filter
+
+__all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn', 'checkpoint_arch', 'infer_variant']
+
+
+class Block(nn.Module):
+    """norm1 -> global filter -> norm2 -> mlp, with ONE residual around the whole branch (the authors' block)."""
+
+    def __init__(
+            self,
+            dim: int,
+            grid_size: Tuple[int, int],
+            mlp_ratio: float = 4.,
+            init_values: Optional[float] = None,
+            proj_drop: float = 0.,
+            drop_path: float = 0.,
+            dynamic_size: bool = False,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Callable = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        self.filter = GlobalFilter(dim, grid_size, dynamic_size=dynamic_size, **dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        # layer scale of the hierarchical models, named `gamma` as in their checkpoints
+        self.gamma = nn.Parameter(init_values * torch.ones(dim, **dd)) if init_values is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm2(self.filter(self.norm1(x))))
+        if self.gamma is not None:
+            y = self.gamma * y
+        return x + self.drop_path(y)
+
+
+class Downsample(nn.Module):
+    """2x2 stride-2 conv between hierarchical stages, on channels-last grids."""
+
+    def __init__(self, dim: int, dim_out: int, pad: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.pad = pad
+        self.proj = nn.Conv2d(dim, dim_out, kernel_size=2, stride=2, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        if self.pad:  # odd grids (dynamic padding) keep their last row/column
+            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class GFNetStage(nn.Module):
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            depth: int,
+            grid_size: Tuple[int, int],
+            downsample: bool = True,
+            dynamic_img_pad: bool = False,
+            drop_path: Optional[List[float]] = None,
+            **block_kwargs,
+    ):
+        super().__init__()
+        dd = {'device': block_kwargs.get('device'), 'dtype': block_kwargs.get('dtype')}
+        self.grad_checkpointing = False
+        self.downsample = Downsample(dim, dim_out, pad=dynamic_img_pad, **dd) if downsample else nn.Identity()
+        drop_path = drop_path or [0.] * depth
+        self.blocks = nn.Sequential(*[
+            Block(dim_out, grid_size, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+        return x
+
+
+class _GFNetBase(nn.Module):
+    """Stem, head and timm plumbing shared by both model families. Features are channels-last (NHWC)."""
+    output_fmt: str = 'NHWC'
+
+    def _init_stem(
+            self,
+            img_size: Union[int, Tuple[int, int]],
+            patch_size: int,
+            in_chans: int,
+            embed_dim: int,
+            num_classes: int,
+            global_pool: str,
+            pos_drop_rate: float,
+            dynamic_img_size: bool,
+            dynamic_img_pad: bool,
+            dd: Dict[str, Any],
+    ) -> None:
+        assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt='NHWC',
+            strict_img_size=not dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
+            **dd,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+
+    def _init_head(self, num_features: int, num_classes: int, drop_rate: float, norm_layer: Callable, dd) -> None:
+        self.num_features = self.head_hidden_size = num_features
+        self.norm = norm_layer(num_features, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed, (H, W), self.patch_embed.grid_size, num_prefix_tokens=0, antialias=False)
+        else:
+            pos_embed = self.pos_embed
+        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed'}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
+            self.global_pool = global_pool
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's `custom_load` hook: read a checkpoint safely (authors' or ours), then load it the timm way
+        (key mapping and resampling in `checkpoint_filter_fn`, classifier and input-conv adaptation)."""
+        cfg = dict(self.pretrained_cfg, state_dict=read_checkpoint(checkpoint_path), file=None, custom_load=False)
+        load_pretrained(self, cfg, num_classes=self.num_classes, in_chans=self.in_chans,
+                        filter_fn=checkpoint_filter_fn)
+
+
+class GFNet(_GFNetBase):
+    """Isotropic GFNet: patch embedding + learned position embedding, a stack of global filter blocks."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 384,
+            depth: int = 12,
+            mlp_ratio: float = 4.,
+            init_values: Optional[float] = None,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            norm_layer: Optional[Callable] = None,
+            act_layer: Optional[Type[nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self._init_stem(img_size, patch_size, in_chans, embed_dim, num_classes, global_pool, pos_drop_rate,
+                        dynamic_img_size, dynamic_img_pad, dd)
+        grid_size = self.patch_embed.grid_size
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.Sequential(*[
+            Block(
+                embed_dim,
+                grid_size,
+                mlp_ratio=mlp_ratio,
+                init_values=init_values,
+                proj_drop=proj_drop_rate,
+                drop_path=dpr[i],
+                dynamic_size=dynamic_img_size,
+                act_layer=act_layer or nn.GELU,
+                norm_layer=norm_layer,
+                **dd,
+            ) for i in range(depth)])
+        reduction = self.patch_embed.feat_ratio()
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self._init_head(embed_dim, num_classes, drop_rate, norm_layer, dd)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^pos_embed|patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n blocks if int, all if None, select matching indices if sequence.
+            norm: Apply the final norm to every intermediate.
+            stop_early: Stop iterating over blocks when the last desired intermediate is reached.
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: Only return intermediate features.
+        """
+        assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._pos_embed(self.patch_embed(x))
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Prune layers not required for specified intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+class GFNetPyramid(_GFNetBase):
+    """Hierarchical GFNet: a 4x4 patch stem, then four stages of global filter blocks with layer scale,
+    joined by 2x2 stride-2 convs (strides 4, 8, 16, 32)."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: Tuple[int, ...] = (64, 128, 256, 512),
+            depth: Tuple[int, ...] = (3, 3, 10, 3),
+            mlp_ratio: float = 4.,
+            init_values: Optional[float] = 1e-3,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            norm_layer: Optional[Callable] = None,
+            act_layer: Optional[Type[nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        num_stages = len(depth)
+        assert len(embed_dim) == num_stages, 'embed_dim and depth need one entry per stage'
+        self._init_stem(img_size, patch_size, in_chans, embed_dim[0], num_classes, global_pool, pos_drop_rate,
+                        dynamic_img_size, dynamic_img_pad, dd)
+        # stochastic depth rises linearly over all blocks of all stages, as the authors do
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(depth))
+        grid = self.patch_embed.grid_size
+        stages = []
+        self.feature_info = []
+        for i in range(num_stages):
+            stages.append(GFNetStage(
+                embed_dim[max(i - 1, 0)],
+                embed_dim[i],
+                depth[i],
+                grid,
+                downsample=i > 0,
+                dynamic_img_pad=dynamic_img_pad,
+                drop_path=dpr[sum(depth[:i]):sum(depth[:i + 1])],
+                mlp_ratio=mlp_ratio,
+                init_values=init_values,
+                proj_drop=proj_drop_rate,
+                dynamic_size=dynamic_img_size,
+                act_layer=act_layer or nn.GELU,
+                norm_layer=norm_layer,
+                **dd,
+            ))
+            self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=patch_size * 2 ** i))
+            grid = (grid[0] // 2, grid[1] // 2)
+        self.stages = nn.Sequential(*stages)
+        self._init_head(embed_dim[-1], num_classes, drop_rate, norm_layer, dd)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^pos_embed|patch_embed',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns the output of each stage.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n stages if int, all if None, select matching indices if sequence.
+            norm: Apply the final norm to the last stage's output (the only one of its width).
+            stop_early: Stop iterating over stages when the last desired intermediate is reached.
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: Only return intermediate features.
+        """
+        assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        x = self._pos_embed(self.patch_embed(x))
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last_idx else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Prune stages not required for specified intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:  # the final norm only fits the last stage's width
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# Architecture of each variant; also how a checkpoint's variant is recognised from its shapes.
+_VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'gfnet_ti': dict(embed_dim=256, depth=12),
+    'gfnet_xs': dict(embed_dim=384, depth=12),
+    'gfnet_s': dict(embed_dim=384, depth=19),
+    'gfnet_b': dict(embed_dim=512, depth=19),
+    'gfnet_h_ti': dict(embed_dim=(64, 128, 256, 512), depth=(3, 3, 10, 3), init_values=1e-3),
+    'gfnet_h_s': dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 10, 3), init_values=1e-5),
+    'gfnet_h_b': dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 27, 3), init_values=1e-6),
+}
+
+
+def _authors_to_timm_key(k: str) -> str:
+    """Key of the authors' GFNetPyramid state_dict -> ours (isotropic keys are the same in both)."""
+    k = re.sub(r'^patch_embed\.0\.', 'patch_embed.', k)
+    k = re.sub(r'^patch_embed\.(\d+)\.', r'stages.\1.downsample.', k)
+    return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
+
+
+def checkpoint_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(blocks per stage, width per stage) of a state_dict in our layout; isotropic models have one stage."""
+    blocks: Dict[int, Dict[int, int]] = {}
+    for k, v in state_dict.items():
+        m = re.match(r'^(?:stages\.(\d+)\.)?blocks\.(\d+)\.norm1\.weight$', k)
+        if m:
+            blocks.setdefault(int(m.group(1) or 0), {})[int(m.group(2))] = v.shape[0]
+    stages = [blocks[s] for s in sorted(blocks)]
+    return tuple(len(s) for s in stages), tuple(next(iter(s.values())) for s in stages)
+
+
+def _variant_arch(name: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    args = _VARIANT_ARGS[name]
+    return tuple(_as_tuple(args['depth'])), tuple(_as_tuple(args['embed_dim']))
+
+
+def _as_tuple(v: Union[int, Tuple[int, ...]]) -> Tuple[int, ...]:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def infer_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    """Name of the registered variant whose architecture matches the checkpoint's shapes, else None."""
+    state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    arch = checkpoint_arch(state_dict)
+    return next((name for name in _VARIANT_ARGS if _variant_arch(name) == arch), None)
+
+
+def describe_arch(arch: Tuple[Tuple[int, ...], Tuple[int, ...]]) -> str:
+    depths, dims = arch
+    if not depths:
+        return 'no GFNet blocks'
+    if len(depths) == 1:
+        return f'{depths[0]} blocks of width {dims[0]}'
+    return f'stages of {", ".join(map(str, depths))} blocks, widths {", ".join(map(str, dims))}'
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Map an authors' checkpoint (or our own) onto `model`, resampling position embedding and filters to its size.
+
+    Accepts the authors' full training checkpoints (weights under 'model'), DDP `module.` prefixes and our own
+    layout. A checkpoint of another architecture is refused with a message that names both.
+    """
+    state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    target = model.state_dict()
+
+    arch, model_arch = checkpoint_arch(state_dict), checkpoint_arch(target)
+    if arch != model_arch:
+        name = infer_variant(state_dict)
+        what = f'{name} ({describe_arch(arch)})' if name else describe_arch(arch)
+        model_name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
+        raise ValueError(
+            f'This checkpoint is {what}; {model_name} has {describe_arch(model_arch)}. '
+            f'Create the model that matches the checkpoint' + (f" (timm.create_model('{name}'))." if name else '.'))
+
+    out = {}
+    for k, v in state_dict.items():
+        if k == 'pos_embed' and k in target and v.shape != target[k].shape:
+            old_h = next(t.shape[0] for n, t in state_dict.items() if n.endswith('filter.complex_weight'))
+            v = resample_abs_pos_embed(
+                v, model.patch_embed.grid_size, (old_h, v.shape[1] // old_h), num_prefix_tokens=0, antialias=False)
+        elif k.endswith('filter.complex_weight') and k in target and v.shape != target[k].shape:
+            v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
+        out[k] = v
+
+    # classifier and first conv are adapted by timm afterwards (num_classes / in_chans); everything else must fit
+    adapted = ('head.', 'patch_embed.proj.')
+    missing = [k for k in target if k not in out and not k.startswith(adapted)]
+    unexpected = [k for k in out if k not in target and not k.startswith(adapted)]
+    wrong = [f'{k} {tuple(out[k].shape)} (model {tuple(target[k].shape)})' for k in out
+             if k in target and not k.startswith(adapted) and out[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            'Checkpoint does not fit the model.'
+            + (f' Missing keys: {", ".join(missing)}.' if missing else '')
+            + (f' Unexpected keys: {", ".join(unexpected)}.' if unexpected else '')
+            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else ''))
+    return out
+
+
+def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFNet, GFNetPyramid]:
+    hierarchical = isinstance(_VARIANT_ARGS[variant]['depth'], tuple)
+    if kwargs.get('features_only'):
+        # backbones take the sizes detection and segmentation feed them (e.g. 512x683) without extra flags
+        kwargs.setdefault('dynamic_img_size', True)
+        kwargs.setdefault('dynamic_img_pad', True)
+    depth = _VARIANT_ARGS[variant]['depth']
+    # isotropic: four evenly spaced blocks (as dense-prediction heads for plain ViTs take them)
+    default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
+    out_indices = kwargs.pop('out_indices', default_out_indices)
+    if pretrained:
+        kwargs = resolve_pretrained_source(variant, kwargs)
+    return build_model_with_cfg(
+        GFNetPyramid if hierarchical else GFNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14),
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        # authors' files hold an argparse.Namespace: our loader reads them safely (GFNet.load_pretrained)
+        'custom_load': True,
+        'license': 'mit', 'paper_ids': 'arXiv:2107.00645', 'paper_name': 'Global Filter Networks for Image '
+        'Classification', 'origin_url': 'https://github.com/raoyongming/GFNet',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'gfnet_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1'),
+    'gfnet_xs.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e0ab5b1583954a1fa9b2/?dl=1'),
+    'gfnet_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e5561fa070c44d9399bf/?dl=1'),
+    'gfnet_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/2fbf264597af4d72afb3/?dl=1'),
+    'gfnet_h_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/b22dd45eccbe462cbbfb/?dl=1', pool_size=(7, 7)),
+    'gfnet_h_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1', pool_size=(7, 7)),
+    'gfnet_h_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1', pool_size=(7, 7)),
+})
+
+
+@register_model
+def gfnet_ti(pretrained: bool = False, **kwargs) -> GFNet:
+    """GFNet-Ti: 12 blocks of width 256, patch 16 (7.5M params)."""
+    return _create_gfnet('gfnet_ti', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_ti'], **kwargs))
+
+
+@register_model
+def gfnet_xs(pretrained: bool = False, **kwargs) -> GFNet:
+    """GFNet-XS: 12 blocks of width 384, patch 16 (16M params)."""
+    return _create_gfnet('gfnet_xs', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_xs'], **kwargs))
+
+
+@register_model
+def gfnet_s(pretrained: bool = False, **kwargs) -> GFNet:
+    """GFNet-S: 19 blocks of width 384, patch 16 (25M params)."""
+    return _create_gfnet('gfnet_s', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_s'], **kwargs))
+
+
+@register_model
+def gfnet_b(pretrained: bool = False, **kwargs) -> GFNet:
+    """GFNet-B: 19 blocks of width 512, patch 16 (43M params)."""
+    return _create_gfnet('gfnet_b', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_b'], **kwargs))
+
+
+@register_model
+def gfnet_h_ti(pretrained: bool = False, **kwargs) -> GFNetPyramid:
+    """GFNet-H-Ti: hierarchical, 3-3-10-3 blocks of widths 64-128-256-512 (15M params)."""
+    return _create_gfnet('gfnet_h_ti', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_ti'], **kwargs))
+
+
+@register_model
+def gfnet_h_s(pretrained: bool = False, **kwargs) -> GFNetPyramid:
+    """GFNet-H-S: hierarchical, 3-3-10-3 blocks of widths 96-192-384-768 (32M params)."""
+    return _create_gfnet('gfnet_h_s', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_s'], **kwargs))
+
+
+@register_model
+def gfnet_h_b(pretrained: bool = False, **kwargs) -> GFNetPyramid:
+    """GFNet-H-B: hierarchical, 3-3-27-3 blocks of widths 96-192-384-768 (54M params)."""
+    return _create_gfnet('gfnet_h_b', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_b'], **kwargs))
