@@ -1,0 +1,62 @@
+"""`timm-gfnet` command line. Each subcommand's work lives in the module of its concern; this file only parses."""
+import argparse
+import sys
+from typing import List, Optional
+
+__all__ = ['main']
+
+
+def _models(args: argparse.Namespace) -> None:
+    import timm
+
+    from .profile import profile_model
+
+    rows = [('model', 'params (M)', 'GMACs', 'feature channels', 'strides', 'pretrained')]
+    for name in timm.list_models('gfnet*'):
+        model = timm.create_model(name)
+        cost = profile_model(model)
+        info = model.feature_info
+        stages = info if 'stages' in info[0]['module'] else info[-1:]  # isotropic: every block is alike
+        rows.append((
+            name,
+            f"{cost['params_m']:.2f}",
+            f"{cost['gmacs']:.2f}",
+            ','.join(str(f['num_chs']) for f in stages),
+            ','.join(str(f['reduction']) for f in stages),
+            ' '.join(t.split('.', 1)[1] for t in timm.list_pretrained(name)),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print('  '.join('-' * w for w in widths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    p = sub.add_parser('models', help='table of the GFNet zoo (params, GMACs at 224, features, pretrained tags)')
+    p.set_defaults(func=_models)
+
+    return parser
+
+
+class CliError(Exception):
+    """An error to report to the user as one line, without a traceback."""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f'timm-gfnet {args.command}: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
