@@ -585,7 +585,8 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14),
-        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        # like ViT: the learned pos_embed and filters fix the size, unless created with img_size= or dynamic_img_size
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
         # authors' files hold an argparse.Namespace: our loader reads them safely (GFNet.load_pretrained)
