@@ -1,0 +1,185 @@
+"""`pretrained=True` through the real download path, against HTTP servers on 127.0.0.1 started by the tests."""
+import logging
+import socket
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import timm
+import torch
+from http_server import FileServer
+from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
+from safetensors.torch import save_file
+
+from timm_gfnet.download import HUB_ORG_ENV, PretrainedUnavailableError
+
+torch.set_num_threads(1)
+
+LINK = '/f/abc/'  # the authors' links look like https://cloud.tsinghua.edu.cn/f/<id>/?dl=1
+
+
+@pytest.fixture(scope='module')
+def authors_file(tmp_path_factory) -> bytes:
+    return write_authors_checkpoint('gfnet_ti', tmp_path_factory.mktemp('authors') / 'gfnet_ti.pth').read_bytes()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """A fresh timm cache: timm's get_cache_dir() is $TORCH_HOME/hub/checkpoints."""
+    for var in ('HF_HUB_OFFLINE', 'TIMM_OFFLINE', HUB_ORG_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    return tmp_path / 'torch' / 'hub' / 'checkpoints'
+
+
+def _create(url: str, **kwargs) -> torch.nn.Module:
+    return timm.create_model('gfnet_ti', pretrained=True, pretrained_cfg_overlay=dict(url=url), **kwargs).eval()
+
+
+def _assert_authors_outputs(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        logits = model(input_batch())
+    torch.testing.assert_close(logits, expected()['gfnet_ti.logits'], rtol=0, atol=1e-4)
+
+
+def _assert_one_clear_error(e: pytest.ExceptionInfo, *parts: str) -> None:
+    """One line that says what happened and how to proceed, with no urllib exception chained to it."""
+    msg = str(e.value)
+    assert '\n' not in msg and e.value.__cause__ is None
+    assert e.value.__context__ is None or e.value.__suppress_context__
+    for part in (*parts, 'pretrained_cfg_overlay=dict(file=PATH)', "timm.create_model('hf-hub:"):
+        assert part in msg, (part, msg)
+
+
+def test_download_once_into_cache_then_from_cache(torch_home, authors_file, capfd):
+    with FileServer({LINK: (200, authors_file)}) as server:
+        url = server.url(LINK + '?dl=1')
+        model = _create(url)
+        assert server.requests == [LINK + '?dl=1']
+        # a proper file name (the link itself has none), nothing half-written beside it
+        assert sorted(p.name for p in torch_home.iterdir()) == ['gfnet_ti.in1k.pth']
+        assert (torch_home / 'gfnet_ti.in1k.pth').read_bytes() == authors_file
+        progress = capfd.readouterr().err
+        assert 'gfnet_ti.in1k.pth' in progress and '100%' in progress
+        _assert_authors_outputs(model)
+
+        again = _create(url)
+        assert len(server.requests) == 1, 'the second call must come from the cache'
+        _assert_authors_outputs(again)
+
+
+def test_cache_dir_argument(tmp_path, torch_home, authors_file):
+    with FileServer({LINK: (200, authors_file)}) as server:
+        _assert_authors_outputs(_create(server.url(LINK + '?dl=1'), cache_dir=tmp_path / 'models'))
+    assert [p.name for p in (tmp_path / 'models').iterdir()] == ['gfnet_ti.in1k.pth']
+    assert not torch_home.exists() or not any(torch_home.iterdir())
+
+
+def test_other_classes_and_channels_from_the_cache(torch_home, authors_file, monkeypatch):
+    """A file put in the cache by hand (as the error message suggests) is used offline; timm resets the classifier
+    and sums the stem over input channels."""
+    torch_home.mkdir(parents=True)
+    (torch_home / 'gfnet_ti.in1k.pth').write_bytes(authors_file)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    model = _create('http://127.0.0.1:9/unused', num_classes=10, in_chans=1)
+    source = authors_state_dict('gfnet_ti')
+    assert model.head.weight.shape == (10, 256)
+    assert not torch.equal(model.head.weight[:10], source['head.weight'][:10])
+    torch.testing.assert_close(model.patch_embed.proj.weight, source['patch_embed.proj.weight'].sum(1, keepdim=True))
+    torch.testing.assert_close(model.blocks[5].filter.complex_weight, source['blocks.5.filter.complex_weight'])
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 224, 224)).shape == (2, 10)
+
+
+def test_offline_and_not_cached(torch_home, authors_file, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with FileServer({LINK: (200, authors_file)}) as server:
+        with pytest.raises(PretrainedUnavailableError) as e:
+            _create(server.url(LINK + '?dl=1'))
+        assert server.requests == []
+    _assert_one_clear_error(e, 'Offline mode is on', 'gfnet_ti.in1k.pth is not cached',
+                            f'put the file at {torch_home / "gfnet_ti.in1k.pth"}')
+
+
+def test_unreachable(torch_home):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    with pytest.raises(PretrainedUnavailableError) as e:
+        _create(f'http://127.0.0.1:{port}{LINK}?dl=1')
+    _assert_one_clear_error(e, f'Could not download gfnet_ti.in1k.pth from http://127.0.0.1:{port}', 'refused')
+    assert not torch_home.exists() or not any(torch_home.iterdir())
+
+
+@pytest.mark.parametrize('status,says', [
+    (404, 'the server answered 404 Not Found'),
+    (401, 'the server answered 401 Unauthorized (access refused: the link may have expired)'),
+    (403, 'the server answered 403 Forbidden (access refused'),
+])
+def test_refused(torch_home, status, says):
+    with FileServer({LINK: (status, b'<html>no</html>')}) as server:
+        with pytest.raises(PretrainedUnavailableError) as e:
+            _create(server.url(LINK + '?dl=1'))
+    _assert_one_clear_error(e, says)
+    assert not any(torch_home.iterdir())
+
+
+def test_cut_download_keeps_no_half_file(torch_home, authors_file):
+    """The server promises the whole file and closes halfway: nothing is cached, and a retry works."""
+    with FileServer({LINK: (200, authors_file)}, cut=(LINK,)) as server:
+        with pytest.raises(PretrainedUnavailableError) as e:
+            _create(server.url(LINK + '?dl=1'))
+    _assert_one_clear_error(e, f'the connection closed after {len(authors_file) // 2} of {len(authors_file)} bytes')
+    assert not any(torch_home.iterdir())
+    with FileServer({LINK: (200, authors_file)}) as server:
+        _assert_authors_outputs(_create(server.url(LINK + '?dl=1')))
+
+
+def test_error_page_is_not_cached(torch_home):
+    """Expired share links answer 200 with an HTML page: it must not be cached as the checkpoint."""
+    with FileServer({LINK: (200, b'<!DOCTYPE html><html>Link expired</html>')}) as server:
+        with pytest.raises(PretrainedUnavailableError) as e:
+            _create(server.url(LINK + '?dl=1'))
+    _assert_one_clear_error(e, "the server sent something that is not a checkpoint (starting b'<!DOCTYPE html><')")
+    assert not any(torch_home.iterdir())
+
+
+def _hub_cache(cache_dir: Path, repo_id: str) -> None:
+    """Converted weights (our layout, safetensors) where the Hub cache keeps a downloaded repository."""
+    from timm_gfnet import checkpoint_filter_fn
+    model = timm.create_model('gfnet_ti')
+    repo = cache_dir / f'models--{repo_id.replace("/", "--")}'
+    commit = 'a' * 40
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    (repo / 'snapshots' / commit).mkdir(parents=True)
+    converted = checkpoint_filter_fn(authors_state_dict('gfnet_ti'), model)
+    save_file(converted, str(repo / 'snapshots' / commit / 'model.safetensors'))
+
+
+@pytest.mark.parametrize('how', ['env', 'cfg'])
+def test_hub_takes_precedence(tmp_path, torch_home, authors_file, monkeypatch, how):
+    """Once converted weights are on the Hub (here: already in the Hub cache, offline), they are used and the
+    authors' link is not touched: via TIMM_GFNET_HF_HUB_ORG or the cfg's hf_hub_id."""
+    _hub_cache(tmp_path / 'hf', 'someorg/gfnet_ti.in1k')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    overlay = {}
+    if how == 'env':
+        monkeypatch.setenv(HUB_ORG_ENV, 'someorg')
+    else:
+        overlay['hf_hub_id'] = 'someorg/gfnet_ti.in1k'
+    with FileServer({LINK: (200, authors_file)}) as server:
+        model = timm.create_model('gfnet_ti', pretrained=True, cache_dir=tmp_path / 'hf',
+                                  pretrained_cfg_overlay=dict(overlay, url=server.url(LINK + '?dl=1'))).eval()
+        assert server.requests == []
+    _assert_authors_outputs(model)
+
+
+def test_hub_missing_falls_back_to_authors_link(torch_home, authors_file, monkeypatch, caplog):
+    monkeypatch.setenv(HUB_ORG_ENV, 'someorg')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # the Hub is out of reach, the link not
+    with FileServer({LINK: (200, authors_file)}) as server, caplog.at_level(logging.WARNING):
+        model = _create(server.url(LINK + '?dl=1'))
+        assert len(server.requests) == 1
+    assert "someorg/gfnet_ti.in1k" in caplog.text and "Using the authors' release instead." in caplog.text
+    _assert_authors_outputs(model)
