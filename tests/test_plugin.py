@@ -1,0 +1,95 @@
+"""Entry-point autoload: GFNet is part of timm in a fresh interpreter, with no import of timm_gfnet."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _run(code: str, env: dict = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != 'TIMM_DISABLE_PLUGINS'} | (env or {})
+    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_interpreter_start_stays_light():
+    out = _run("""
+        import sys, json
+        print(json.dumps(['_timm_gfnet_autoload' in sys.modules, 'torch' in sys.modules, 'timm' in sys.modules,
+                          'timm_gfnet' in sys.modules, 'importlib.metadata' in sys.modules]))
+    """).stdout
+    assert json.loads(out) == [True, False, False, False, False]
+
+
+def test_import_timm_loads_gfnet():
+    out = _run("""
+        import sys, json, timm
+        m = timm.create_model('gfnet_h_ti', features_only=True)
+        print(json.dumps([timm.list_models('gfnet*'), timm.list_pretrained('gfnet*'), m.feature_info.channels(),
+                          'timm_gfnet' in sys.modules]))
+    """).stdout
+    models, pretrained, channels, loaded = json.loads(out)
+    assert len(models) == 7 and len(pretrained) == 7 and loaded
+    assert channels == [64, 128, 256, 512]
+
+
+def test_opt_out_and_explicit_import_is_idempotent():
+    out = _run("""
+        import json, warnings, timm
+        before = timm.list_models('gfnet*')
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            import timm_gfnet, timm_gfnet.gfnet
+            import importlib; importlib.import_module('timm_gfnet')
+        print(json.dumps([before, timm.list_models('gfnet*')]))
+    """, env={'TIMM_DISABLE_PLUGINS': '1'}).stdout
+    before, after = json.loads(out)
+    assert before == [] and len(after) == 7
+
+
+def test_broken_plugin_warns_and_timm_still_imports(tmp_path):
+    dist = tmp_path / 'broken_plugin-0.1.dist-info'
+    dist.mkdir()
+    (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n')
+    (dist / 'entry_points.txt').write_text('[timm.models]\nbroken = no_such_module_for_gfnet_test\n')
+    proc = _run("""
+        import timm
+        print(len(timm.list_models('gfnet*')))
+    """, env={'PYTHONPATH': str(tmp_path)})
+    assert proc.stdout.strip() == '7'
+    assert "timm plugin 'broken'" in proc.stderr and 'TIMM_DISABLE_PLUGINS' in proc.stderr
+
+
+@pytest.mark.parametrize('scheme', ['local-dir', 'hf-hub'])
+def test_saved_config_names_a_gfnet(scheme, tmp_path):
+    """Configs saved by timm (save_for_hf) resolve their GFNet architecture in a fresh interpreter."""
+    import timm
+    from timm.models import save_for_hf
+    model = timm.create_model('gfnet_ti', num_classes=5)
+    save_for_hf(model, str(tmp_path), safe_serialization=True)
+    if scheme == 'local-dir':
+        code = f"""
+            import timm, torch
+            m = timm.create_model('local-dir:{tmp_path}', pretrained=True)
+            print(type(m).__name__, m.num_classes)
+        """
+        env = {}
+    else:  # the Hub's cache layout, read offline: no network needed to resolve the config
+        cache = tmp_path / 'hub' / 'models--org--gfnet_ti.test'
+        snap = cache / 'snapshots' / ('0' * 40)
+        snap.mkdir(parents=True)
+        for f in ('config.json', 'model.safetensors'):
+            (snap / f).write_bytes((tmp_path / f).read_bytes())
+        (cache / 'refs').mkdir()
+        (cache / 'refs' / 'main').write_text('0' * 40)
+        code = """
+            import timm
+            m = timm.create_model('hf-hub:org/gfnet_ti.test', pretrained=True)
+            print(type(m).__name__, m.num_classes)
+        """
+        env = {'HF_HUB_CACHE': str(tmp_path / 'hub'), 'HF_HUB_OFFLINE': '1'}
+    assert _run(code, env=env).stdout.split() == ['GFNet', '5']
