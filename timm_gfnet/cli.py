@@ -32,12 +32,47 @@ def _models(args: argparse.Namespace) -> None:
             print('  '.join('-' * w for w in widths))
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from .convert import convert_checkpoint
+
+    result = convert_checkpoint(args.checkpoint, args.out, model_name=args.model)
+    how = 'recognised from its shapes' if args.model is None else 'as given'
+    print(f"{args.checkpoint}: {result['model']} ({how}), {result['params'] / 1e6:.2f}M parameters")
+    for f in result['files']:
+        print(f'  wrote {f}')
+    print(f"  reloaded with timm.create_model('local-dir:{args.out}'): outputs match the source "
+          f"(max abs diff {result['max_abs_diff']:.1e})")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import load_model, predict
+
+    model = load_model(args.model, args.checkpoint)
+    for image, top in zip(args.images, predict(model, args.images, topk=args.topk)):
+        print(image)
+        for label, prob in top:
+            print(f'  {prob:7.2%}  {label}')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     p = sub.add_parser('models', help='table of the GFNet zoo (params, GMACs at 224, features, pretrained tags)')
     p.set_defaults(func=_models)
+
+    p = sub.add_parser('convert', help="convert a checkpoint (authors' or ours) to model.safetensors + config.json")
+    p.add_argument('checkpoint', help="checkpoint file: the authors' .pth release format, or a state_dict")
+    p.add_argument('--model', default=None, help='variant name (default: recognised from the tensor shapes)')
+    p.add_argument('--out', required=True, help='output directory')
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser('predict', help='top-k ImageNet classes for images')
+    p.add_argument('images', nargs='+', help='image files')
+    p.add_argument('--model', default=None, help='variant name (default: from --checkpoint, else gfnet_s)')
+    p.add_argument('--checkpoint', default=None, help='checkpoint file or converted directory (default: pretrained)')
+    p.add_argument('--topk', type=int, default=5, help='how many classes to show (default: 5)')
+    p.set_defaults(func=_predict)
 
     return parser
 
