@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 from http_server import FileServer
-from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
 from safetensors.torch import save_file
 
+from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
 from timm_gfnet.download import HUB_ORG_ENV, PretrainedUnavailableError
 
 torch.set_num_threads(1)

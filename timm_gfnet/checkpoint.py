@@ -6,7 +6,6 @@ what `weights_only` accepts is `argparse.Namespace` (a plain attribute bag).
 """
 import argparse
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -62,12 +61,23 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else 'disallowed content'
+        reason = _reason(e)
+        if 'GLOBAL' in reason:  # a reference to a function or class: what a pickle runs code with
+            raise CheckpointError(
+                f'{path} was not loaded: it holds objects other than tensors and plain training state, and '
+                f'unpickling them could run code ({reason}). Re-save its weights with torch.save(model.state_dict()) '
+                f'or as safetensors.') from None
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({reason}).') from None
+    except Exception as e:  # torch.load fails in many ways on truncated or foreign files
         raise CheckpointError(
-            f'{path} holds objects other than tensors and plain training state, and is not unpickled for safety '
-            f'({reason}). Re-save its weights with torch.save(model.state_dict()) or as safetensors.') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError) as e:
-        raise CheckpointError(
-            f'{path} is not a readable PyTorch checkpoint (truncated, or another kind of file): '
-            f'{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}.') from None
+            f'{path} is not a readable PyTorch checkpoint: truncated, or another kind of file '
+            f'({_reason(e)}).') from None
     return unwrap_state_dict(checkpoint)
+
+
+def _reason(e: Exception) -> str:
+    """The informative part of torch.load's messages (which advise weights_only=False: not for untrusted files)."""
+    skip = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(skip)]
+    reason = lines[0].split('. ')[0].rstrip('.') if lines else ''
+    return reason if any(c.isalpha() for c in reason) else type(e).__name__

@@ -24,8 +24,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, get_device_dtype, \
-    resample_abs_pos_embed, trunc_normal_
+from timm.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    get_device_dtype,
+    register_notrace_function,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, load_pretrained, register_model
 from timm.models._features import feature_take_indices
 
@@ -115,6 +123,49 @@ class GFNetStage(nn.Module):
         return x
 
 
+# Python control flow on shapes: a leaf for FX feature extraction (FX only wraps names without a leading "_")
+@register_notrace_function
+def check_input(
+        x: torch.Tensor,
+        in_chans: int,
+        img_size: Tuple[int, int],
+        patch_size: Tuple[int, int],
+        fixed_size: bool,
+        pad: bool,
+        min_size: int,
+) -> torch.Tensor:
+    """One early check whose error names the problem and the fix, instead of one from deep inside torch."""
+    if x.dim() != 4:
+        raise ValueError(
+            f'GFNet takes a (B, C, H, W) batch of images, got shape {list(x.shape)}: use x.unsqueeze(0) for one image.')
+    B, C, H, W = x.shape
+    if C != in_chans:
+        fix = 'it looks channels-last: use x.permute(0, 3, 1, 2)' if W == in_chans \
+            else f'for {C}-channel images create the model with in_chans={C}'
+        raise ValueError(
+            f'GFNet was created with in_chans={in_chans} and got {C} channels (shape {list(x.shape)}): {fix}.')
+    if not x.is_floating_point():
+        raise ValueError(
+            'GFNet takes floating-point images, not integer or bool tensors: convert with x.float() and normalise '
+            '(the transforms of timm.data.create_transform do both).')
+    if B == 0:
+        raise ValueError('GFNet got an empty batch (batch size 0): skip the call for empty batches.')
+    if fixed_size:
+        if H != img_size[0] or W != img_size[1]:
+            raise ValueError(
+                f'GFNet was created for {img_size[0]}x{img_size[1]} images and got {H}x{W}: resize the input, or '
+                f'create the model with img_size=({H}, {W}) or dynamic_img_size=True.')
+    elif not pad:
+        if H % patch_size[0] != 0 or W % patch_size[1] != 0 or H < min_size or W < min_size:
+            raise ValueError(
+                f'GFNet without dynamic_img_pad takes sizes that are multiples of the patch size {patch_size[0]} and '
+                f'at least {min_size} (its largest stride), got {H}x{W}: crop or resize the input, or create '
+                f'the model with dynamic_img_pad=True.')
+    elif H < 1 or W < 1:
+        raise ValueError(f'GFNet got an image of size {H}x{W}.')
+    return x
+
+
 class _GFNetBase(nn.Module):
     """Stem, head and timm plumbing shared by both model families. Features are channels-last (NHWC)."""
     output_fmt: str = 'NHWC'
@@ -138,6 +189,7 @@ class _GFNetBase(nn.Module):
         self.global_pool = global_pool
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
+        self.min_img_size = patch_size  # without dynamic padding; the largest stride, for hierarchical models
         self.patch_embed = PatchEmbed(
             img_size=img_size,
             patch_size=patch_size,
@@ -165,6 +217,11 @@ class _GFNetBase(nn.Module):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        pe = self.patch_embed
+        return check_input(
+            x, self.in_chans, pe.img_size, pe.patch_size, pe.strict_img_size, pe.dynamic_img_pad, self.min_img_size)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -205,7 +262,11 @@ class _GFNetBase(nn.Module):
     def load_pretrained(self, checkpoint_path: str) -> None:
         """timm's `custom_load` hook: read a checkpoint safely (authors' or ours), then load it the timm way
         (key mapping and resampling in `checkpoint_filter_fn`, classifier and input-conv adaptation)."""
-        cfg = dict(self.pretrained_cfg, state_dict=read_checkpoint(checkpoint_path), file=None, custom_load=False)
+        state_dict = read_checkpoint(checkpoint_path)
+        # the file's own classifier size decides whether timm keeps its head (e.g. a fine-tuned one) or resets it
+        head = state_dict.get('head.weight')
+        cfg = dict(self.pretrained_cfg, state_dict=state_dict, file=None, custom_load=False,
+                   num_classes=head.shape[0] if head is not None else 0)
         load_pretrained(self, cfg, num_classes=self.num_classes, in_chans=self.in_chans,
                         filter_fn=checkpoint_filter_fn)
 
@@ -268,7 +329,7 @@ class GFNet(_GFNetBase):
         self.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(x))
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(blk, x)
@@ -297,7 +358,7 @@ class GFNet(_GFNetBase):
         """
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._pos_embed(self.patch_embed(x))
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, blk in enumerate(blocks):
@@ -386,6 +447,7 @@ class GFNetPyramid(_GFNetBase):
             self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=patch_size * 2 ** i))
             grid = (grid[0] // 2, grid[1] // 2)
         self.stages = nn.Sequential(*stages)
+        self.min_img_size = self.feature_info[-1]['reduction']
         self._init_head(embed_dim[-1], num_classes, drop_rate, norm_layer, dd)
 
     @torch.jit.ignore
@@ -405,7 +467,7 @@ class GFNetPyramid(_GFNetBase):
             s.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(x))
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
         x = self.stages(x)
         return self.norm(x)
 
@@ -431,7 +493,7 @@ class GFNetPyramid(_GFNetBase):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
-        x = self._pos_embed(self.patch_embed(x))
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         intermediates = []
         for i, stage in enumerate(stages):
@@ -453,6 +515,7 @@ class GFNetPyramid(_GFNetBase):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
+        self.min_img_size = self.feature_info[max_index]['reduction']
         if prune_norm or prune_end:  # the final norm only fits the last stage's width
             self.norm = nn.Identity()
         if prune_end:
@@ -551,12 +614,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     unexpected = [k for k in out if k not in target and not k.startswith(adapted)]
     wrong = [f'{k} {tuple(out[k].shape)} (model {tuple(target[k].shape)})' for k in out
              if k in target and not k.startswith(adapted) and out[k].shape != target[k].shape]
-    if missing or unexpected or wrong:
+    # other float precisions load (cast on copy); integer weights or NaN/inf would load silently and be wrong
+    dtypes = [f'{k} {v.dtype}' for k, v in out.items()
+              if k in target and target[k].is_floating_point() and not v.is_floating_point()]
+    non_finite = [k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if missing or unexpected or wrong or dtypes or non_finite:
         raise ValueError(
             'Checkpoint does not fit the model.'
             + (f' Missing keys: {", ".join(missing)}.' if missing else '')
             + (f' Unexpected keys: {", ".join(unexpected)}.' if unexpected else '')
-            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else ''))
+            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else '')
+            + (f' Not floating point: {", ".join(dtypes)}.' if dtypes else '')
+            + (f' Non-finite values (NaN/inf) in: {", ".join(non_finite)}.' if non_finite else ''))
     return out
 
 
