@@ -54,6 +54,29 @@ def _predict(args: argparse.Namespace) -> None:
             print(f'  {prob:7.2%}  {label}')
 
 
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_to_hub
+
+    info = push_to_hub(args.source, args.repo_id, token=args.token, private=args.private, revision=args.revision,
+                       create=not args.no_create, card=args.card)
+    print(f'pushed {args.source} to {info.repo_url.repo_id}: {info.commit_url}')
+    print(f"load it with timm.create_model('hf-hub:{info.repo_url.repo_id}', pretrained=True)")
+
+
+def _cards(args: argparse.Namespace) -> None:
+    from .cards import CardDriftError, check_cards, write_cards
+
+    if args.check:
+        problems = check_cards(args.out, args.names)
+        if problems:
+            raise CardDriftError(f'model cards in {args.out} differ from the generator: {", ".join(problems)}; '
+                                 f'regenerate them with `timm-gfnet cards --out {args.out}`.')
+        print(f'model cards in {args.out} are up to date')
+        return
+    for path in write_cards(args.out, args.names):
+        print(f'wrote {path}')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -73,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', default=None, help='checkpoint file or converted directory (default: pretrained)')
     p.add_argument('--topk', type=int, default=5, help='how many classes to show (default: 5)')
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser('push', help='upload weights, config.json and model card to a Hugging Face Hub repository')
+    p.add_argument('source', help='folder from `timm-gfnet convert` (config.json + weights), or a checkpoint file')
+    p.add_argument('repo_id', help='Hub repository, e.g. my-org/gfnet_ti.in1k')
+    p.add_argument('--token', default=None, help='Hub token with write access (default: HF_TOKEN or `hf auth login`)')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--revision', default=None, help='branch to push to (default: main)')
+    p.add_argument('--no-create', action='store_true', help='only push to an existing repository and branch')
+    p.add_argument('--card', default=None, help='README.md to upload instead of the generated model card')
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser('cards', help='generate the model card of every pretrained tag (or check them for drift)')
+    p.add_argument('names', nargs='*', metavar='NAME', help='pretrained tags, e.g. gfnet_ti.in1k (default: all)')
+    p.add_argument('--out', default='model_cards', help='directory of the cards (default: model_cards)')
+    p.add_argument('--check', action='store_true', help='fail if the cards in --out differ from the generator')
+    p.set_defaults(func=_cards)
 
     return parser
 

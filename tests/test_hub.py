@@ -1,0 +1,225 @@
+"""`timm-gfnet push` with the real huggingface_hub client against a Hub look-alike on 127.0.0.1 (hub_server.py),
+then loading back with plain timm in a fresh interpreter: `hf-hub:` and `local-dir:`; and the push errors."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hub_server import HubServer
+from safetensors.torch import load as load_safetensors
+from timm.data import ImageNetInfo
+from timm.models import save_for_hf
+
+from reference import input_batch, write_authors_checkpoint
+from timm_gfnet.cards import generate_card
+from timm_gfnet.hub import load_weights
+
+TOKEN = 'hf_alice_write'
+ORG = 'gfnet-org'
+REPO = f'{ORG}/gfnet_ti.in1k'
+
+
+@pytest.fixture(scope='module')
+def hub():
+    # alice may write to her namespace and the org; bob has a valid token but is not in the org
+    with HubServer({TOKEN: 'alice', 'hf_bob_write': 'bob'}, orgs={ORG: {'alice'}}) as server:
+        yield server
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory) -> Path:
+    return write_authors_checkpoint('gfnet_ti', tmp_path_factory.mktemp('ckpt') / 'gfnet-ti.pth')
+
+
+def _env(tmp: Path, endpoint: str, **extra: str) -> dict:
+    """A clean environment: no Hub settings or tokens of the machine, fresh caches, the given endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGING', 'TIMM_'))}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp / 'hf'), TORCH_HOME=str(tmp / 'torch'), **extra)
+    return env
+
+
+def _push(*args: str, endpoint: str, tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    # uploads go through LFS: the test server does not speak Xet (hf_xet is installed, so say so)
+    return subprocess.run(
+        [sys.executable, '-m', 'timm_gfnet.cli', 'push', *args],
+        env=_env(tmp, endpoint, HF_HUB_DISABLE_XET='1', **env), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def pushed(hub, checkpoint, tmp_path_factory) -> subprocess.CompletedProcess:
+    proc = _push(str(checkpoint), REPO, endpoint=hub.endpoint, tmp=tmp_path_factory.mktemp('push'), HF_TOKEN=TOKEN)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_push_uploads_config_safetensors_and_card(hub, pushed, checkpoint):
+    files = hub.files(REPO)
+    assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']  # no pickle files
+    assert hub.lfs_paths(REPO) == {'model.safetensors'}  # the weights went through the LFS upload protocol
+    assert not hub.unhandled and not hub.repos[REPO].private
+
+    config = json.loads(files['config.json'])
+    assert (config['architecture'], config['num_classes'], config['num_features']) == ('gfnet_ti', 1000, 256)
+    assert config['label_names'] == ImageNetInfo().label_names()
+    assert config['label_descriptions']['n01440764'] == 'tench, Tinca tinca'
+    cfg = config['pretrained_cfg']
+    assert (cfg['tag'], cfg['custom_load'], cfg['input_size'], cfg['license']) == ('in1k', False, [3, 224, 224], 'mit')
+
+    weights = load_safetensors(files['model.safetensors'])
+    source = load_weights(checkpoint).state_dict()
+    assert sorted(weights) == sorted(source) and all(torch.equal(weights[k], v) for k, v in source.items())
+
+    card = files['README.md'].decode()
+    assert card == str(generate_card('gfnet_ti.in1k', repo_id=REPO, model_args=config['model_args']))
+    assert f"timm.create_model('hf-hub:{REPO}', pretrained=True)" in card and 'value: 74.6' in card
+
+    # huggingface_hub's upload progress bar, then where the model is and how to load it
+    assert 'model.safetensors: 100%' in pushed.stderr
+    assert f"load it with timm.create_model('hf-hub:{REPO}', pretrained=True)" in pushed.stdout
+
+
+LOAD = r'''
+import sys
+import timm
+import torch
+from huggingface_hub import snapshot_download
+
+torch.set_num_threads(1)
+repo_id, x_file, out_file, local_dir = sys.argv[1:]
+x = torch.load(x_file)
+hub_model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
+local = snapshot_download(repo_id, local_dir=local_dir)
+local_model = timm.create_model(f'local-dir:{local}', pretrained=True).eval()
+out = {'files': sorted(__import__('os').listdir(local))}
+for key, model in (('hf-hub', hub_model), ('local-dir', local_model)):
+    for m in model.modules():  # FFT filters (the default where there is no backend choice), as in the test
+        if hasattr(m, 'filter_backend'):
+            m.filter_backend = 'fft'
+    with torch.no_grad():
+        out[key] = model(x)
+    out[key + ' weights'] = model.state_dict()
+torch.save(out, out_file)
+'''
+
+
+def _fft_filters(model: torch.nn.Module) -> torch.nn.Module:
+    # a backend chosen by timing (FFT or DFT matmuls) could differ between processes; the FFT one is the reference
+    for m in model.modules():
+        if hasattr(m, 'filter_backend'):
+            m.filter_backend = 'fft'
+    return model
+
+
+def test_plain_timm_loads_what_was_pushed(hub, pushed, checkpoint, tmp_path):
+    """A fresh interpreter that never imports timm_gfnet itself: `hf-hub:` downloads from the server, and
+    `local-dir:` loads a snapshot of the repo; both give exactly the pushed model's outputs."""
+    x = input_batch()
+    torch.save(x, tmp_path / 'x.pt')
+    proc = subprocess.run(
+        [sys.executable, '-c', LOAD, REPO, str(tmp_path / 'x.pt'), str(tmp_path / 'out.pt'), str(tmp_path / 'snap')],
+        env=_env(tmp_path, hub.endpoint), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reduction order as the subprocess: outputs can be compared exactly
+    try:
+        source = _fft_filters(load_weights(checkpoint).eval())
+        with torch.no_grad():
+            expected = source(x)
+    finally:
+        torch.set_num_threads(threads)
+    out = torch.load(tmp_path / 'out.pt')
+    for key in ('hf-hub', 'local-dir'):
+        weights = out[f'{key} weights']
+        assert sorted(weights) == sorted(source.state_dict()), key
+        assert all(torch.equal(weights[k], v) for k, v in source.state_dict().items()), key
+        assert torch.equal(out[key], expected), key
+    assert {'config.json', 'model.safetensors', 'README.md'} <= set(out['files'])
+    # the weights were downloaded from the server, through the redirect to its storage origin
+    assert ('HEAD', f'/{REPO}/resolve/main/model.safetensors') in hub.requests
+    oid = [e.lfs_oid for p, e in hub.repos[REPO].trees[hub.repos[REPO].branches['main']].items() if e.lfs_oid][0]
+    assert ('GET', f'cdn:/{oid}') in hub.requests
+
+
+def test_push_folder_to_private_branch_with_own_card(hub, checkpoint, tmp_path):
+    """A `local-dir:` folder (as `timm-gfnet convert` writes it), a new private repo, another branch, a given card."""
+    folder = tmp_path / 'converted'
+    save_for_hf(load_weights(checkpoint), str(folder), safe_serialization=True)
+    card = tmp_path / 'card.md'
+    card.write_text('---\nlicense: mit\nlibrary_name: timm\n---\n# My GFNet\n')
+    repo = 'alice/gfnet_ti.experiment'
+    proc = _push(str(folder), repo, '--private', '--revision', 'dev', '--card', str(card), endpoint=hub.endpoint,
+                 tmp=tmp_path, HF_TOKEN=TOKEN)
+    assert proc.returncode == 0, proc.stderr
+    assert hub.repos[repo].private and sorted(hub.files(repo, 'main')) == ['.gitattributes']
+    files = hub.files(repo, 'dev')
+    assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']
+    assert files['README.md'].decode() == card.read_text()
+    assert len(json.loads(files['config.json'])['label_names']) == 1000  # added for ImageNet-1k weights
+    assert files['model.safetensors'] == (folder / 'model.safetensors').read_bytes()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+ERRORS = {
+    'wrong token': (dict(token='hf_not_a_token'), {}, 'rejected the token (401 Unauthorized: Invalid credentials in '
+                    'Authorization header); pass a valid token with write access (--token or HF_TOKEN'),
+    'no token': (dict(), {}, 'needs a token to push (401 Unauthorized'),
+    'missing repo': (dict(token=TOKEN, args=('--no-create',), repo=f'{ORG}/missing'), {},
+                     f'repository {ORG}/missing not found on http://127.0.0.1:'),
+    'not your namespace': (dict(token='hf_bob_write'), {}, f"the token may not write to {REPO} (403 Forbidden: You do "
+                           f"not have the rights to create a model under the namespace {ORG}); use a token with write "
+                           f"access to '{ORG}'"),
+    'no network': (dict(token=TOKEN, endpoint='closed'), {}, 'cannot reach the Hub at http://127.0.0.1:'),
+    'offline mode': (dict(token=TOKEN), {'HF_HUB_OFFLINE': '1'}, 'offline mode is on (HF_HUB_OFFLINE)'),
+}
+
+
+@pytest.mark.parametrize('case', list(ERRORS))
+def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path):
+    how, env, message = ERRORS[case]
+    endpoint = f'http://127.0.0.1:{_closed_port()}' if how.get('endpoint') == 'closed' else hub.endpoint
+    args = [str(checkpoint), how.get('repo', f'{ORG}/gfnet_ti.errors'), *how.get('args', ())]
+    if 'token' in how:
+        args += ['--token', how['token']]
+    repos_before = set(hub.repos)
+    proc = _push(*args, endpoint=endpoint, tmp=tmp_path, **env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: '), proc.stderr
+    assert message.replace(REPO, f'{ORG}/gfnet_ti.errors') in lines[0]
+    assert set(hub.repos) == repos_before  # nothing was created
+    if case == 'missing repo':
+        assert 'leave out --no-create to create it' in lines[0]
+
+
+def test_push_refuses_bad_input_before_contacting_the_hub(tmp_path, capsys):
+    """Local problems are reported (one line, what to do) before any request: no endpoint is even needed."""
+    from safetensors.torch import save_file
+
+    from timm_gfnet.cli import main
+
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'resnet').mkdir()
+    (tmp_path / 'resnet' / 'config.json').write_text(json.dumps({'architecture': 'resnet18'}))
+    save_file({'conv1.weight': torch.zeros(8, 3, 3, 3)}, str(tmp_path / 'other.safetensors'))
+    cases = {
+        str(tmp_path / 'missing.pth'): 'No checkpoint file or folder at',
+        str(tmp_path / 'empty'): 'has no config.json: pass a folder written by `timm-gfnet convert CKPT --out DIR`',
+        str(tmp_path / 'resnet'): "describes 'resnet18', not a GFNet",
+        str(tmp_path / 'other.safetensors'): 'matches no GFNet variant',
+    }
+    for source, message in cases.items():
+        assert main(['push', source, f'{ORG}/never', '--token', TOKEN]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: ') and message in lines[0], lines
+    assert main(['push', str(tmp_path / 'empty'), f'{ORG}/never', '--card', str(tmp_path / 'nope.md')]) == 1
+    assert 'No model card file at' in capsys.readouterr().err
