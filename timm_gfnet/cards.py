@@ -105,8 +105,10 @@ def _measure(architecture: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
         depths = ', '.join(str(len(s.blocks)) for s in model.stages)
         widths = ', '.join(str(f['num_chs']) for f in model.feature_info)
         strides = ', '.join(str(f['reduction']) for f in model.feature_info)
-        design = (f'Hierarchical: a 4x4 patch stem, then four stages of {depths} global filter blocks (widths '
-                  f'{widths}, strides {strides}) joined by 2x2 stride-2 convolutions, with layer scale.')
+        patch = model.patch_embed.patch_size[0]
+        design = (f'Hierarchical: a {patch}x{patch} patch stem, then {len(model.stages)} stages of {depths} global '
+                  f'filter blocks (widths {widths}, strides {strides}) joined by 2x2 stride-2 convolutions, with '
+                  f'layer scale.')
     return dict(
         cost=cost, input_size=input_size, num_classes=model.num_classes, design=design,
         feature_channels=features.feature_info.channels(), feature_strides=features.feature_info.reduction(),
