@@ -56,6 +56,7 @@ class Block(nn.Module):
             proj_drop: float = 0.,
             drop_path: float = 0.,
             dynamic_size: bool = False,
+            filter_backend: str = 'auto',
             act_layer: Type[nn.Module] = nn.GELU,
             norm_layer: Callable = nn.LayerNorm,
             device=None,
@@ -64,7 +65,7 @@ class Block(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.norm1 = norm_layer(dim, **dd)
-        self.filter = GlobalFilter(dim, grid_size, dynamic_size=dynamic_size, **dd)
+        self.filter = GlobalFilter(dim, grid_size, dynamic_size=dynamic_size, filter_backend=filter_backend, **dd)
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         # layer scale of the hierarchical models, named `gamma` as in their checkpoints
@@ -291,6 +292,7 @@ class GFNet(_GFNetBase):
             drop_path_rate: float = 0.,
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
+            filter_backend: str = 'auto',
             norm_layer: Optional[Callable] = None,
             act_layer: Optional[Type[nn.Module]] = None,
             device=None,
@@ -312,6 +314,7 @@ class GFNet(_GFNetBase):
                 proj_drop=proj_drop_rate,
                 drop_path=dpr[i],
                 dynamic_size=dynamic_img_size,
+                filter_backend=filter_backend,
                 act_layer=act_layer or nn.GELU,
                 norm_layer=norm_layer,
                 **dd,
@@ -410,6 +413,7 @@ class GFNetPyramid(_GFNetBase):
             drop_path_rate: float = 0.,
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
+            filter_backend: str = 'auto',
             norm_layer: Optional[Callable] = None,
             act_layer: Optional[Type[nn.Module]] = None,
             device=None,
@@ -440,6 +444,7 @@ class GFNetPyramid(_GFNetBase):
                 init_values=init_values,
                 proj_drop=proj_drop_rate,
                 dynamic_size=dynamic_img_size,
+                filter_backend=filter_backend,
                 act_layer=act_layer or nn.GELU,
                 norm_layer=norm_layer,
                 **dd,

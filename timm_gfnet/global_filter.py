@@ -4,16 +4,31 @@
 
 A global filter mixes tokens with a 2-D FFT of the token grid, an element-wise product with a learned
 complex filter, and an inverse FFT: a depth-wise global circular convolution in O(N log N).
+
+Two interchangeable backends compute it:
+* `fft`: the authors' formulation (float32 `rfft2` with norm='ortho', complex product, `irfft2`), the reference.
+* `matmul`: the same transform as real DFT matrices applied along each spatial axis (four small matmuls and a
+  real-valued complex product). No complex tensors in the graph, so it exports to ONNX / TensorRT, fuses under
+  torch.compile, runs in the autocast dtype, and beats FFT libraries at GFNet's small grids.
+`auto` (the default) measures both per device, dtype, batch and grid size the first time a shape is seen in eager
+mode (as cudnn.benchmark does) and picks `matmul` when tracing, compiling or exporting.
 """
+import math
+import time
 from collections import OrderedDict
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 
-__all__ = ['GlobalFilter', 'global_filter_fft', 'resample_filter', 'filter_spectrum_size']
+__all__ = [
+    'GlobalFilter', 'FILTER_BACKENDS', 'global_filter', 'global_filter_fft', 'global_filter_matmul', 'dft_matrices',
+    'resample_filter', 'filter_spectrum_size', 'set_filter_backend', 'auto_backend_choices',
+]
+
+FILTER_BACKENDS = ('auto', 'fft', 'matmul')
 
 
 def filter_spectrum_size(grid_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -49,6 +64,192 @@ def global_filter_fft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype)
 
 
+def dft_matrices(
+        H: int,
+        W: int,
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
+        exact: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real matrices of the ortho-normalised 2-D real DFT of an H x W grid and of its inverse.
+
+    Returns (fw, fh, ih, iw), with Wf = W // 2 + 1:
+        fw (2 Wf, W): real DFT along W, the real parts of the Wf bins stacked over their imaginary parts.
+        fh (2 H, 2 H): complex DFT along H as a real matrix, rows and columns interleaved (h, real/imag).
+        ih (2 H, 2 H): its inverse.
+        iw (W, 2 Wf): the c2r inverse along W as irfft computes it: imaginary parts of the DC and Nyquist
+            bins are ignored, every other bin counts twice (for itself and its conjugate mirror).
+    `exact` computes the angles in float64 (eager cache); traced graphs use float32 ops that every runtime has.
+    """
+    work = torch.float64 if exact else torch.float32
+    wf = W // 2 + 1
+    k = torch.arange(wf, device=device)
+    n = torch.arange(W, device=device)
+    # angles from exact integer products reduced mod W: no precision lost to large k * n at big grids
+    # (the modulus as a tensor: exporters take a symbolic grid size there, not as a Python scalar)
+    ang_w = torch.remainder(k[:, None] * n[None, :], torch.full_like(n[:1], W)).to(work) * (2 * math.pi / W)
+    real_bin = ((k == 0) | (2 * k == W))[:, None]
+    cos_w = torch.cos(ang_w)
+    sin_w = torch.where(real_bin, torch.zeros_like(ang_w), torch.sin(ang_w))  # exact zeros, not sin(pi)
+    fw = torch.cat([cos_w, -sin_w], 0) * (1. / math.sqrt(W))
+    mult = 2. - real_bin.to(work)
+    iw = (fw * torch.cat([mult, mult], 0)).t()
+
+    h = torch.arange(H, device=device)
+    ang_h = torch.remainder(h[:, None] * h[None, :], torch.full_like(h[:1], H)).to(work) * (2 * math.pi / H)
+    c = torch.cos(ang_h) * (1. / math.sqrt(H))
+    s = torch.sin(ang_h) * (1. / math.sqrt(H))
+    # exp(-i a) (xr + i xi) = (c xr + s xi) + i (c xi - s xr); the inverse uses exp(+i a)
+    fh = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], 1).reshape(2 * H, 2 * H)
+    ih = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], 1).reshape(2 * H, 2 * H)
+    return fw.to(dtype), fh.to(dtype), ih.to(dtype), iw.contiguous().to(dtype)
+
+
+def _dft_filter(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        fw: torch.Tensor,
+        fh: torch.Tensor,
+        ih: torch.Tensor,
+        iw: torch.Tensor,
+        inplace_product: bool = False,
+) -> torch.Tensor:
+    """The global filter of a (B, H, W, C) grid with the matrices of `dft_matrices`, computed in their dtype."""
+    B, H, W, C = x.shape
+    wf = W // 2 + 1
+    dtype = fw.dtype
+    # channels stay last throughout: each step contracts a middle axis, so no transposes are needed
+    z = torch.matmul(fw, x.to(dtype).reshape(B * H, W, C))
+    z = torch.matmul(fh, z.reshape(B, 2 * H, wf * C)).reshape(B, H, 2, wf, C)
+    w = weight.to(dtype)
+    wr, wi = w[..., 0], w[..., 1]
+    zr, zi = z[:, :, 0], z[:, :, 1]
+    if inplace_product:
+        # inference in eager mode: four passes over the spectrum into one buffer instead of six and a stack
+        y = torch.empty_like(z)
+        yr, yi = y[:, :, 0], y[:, :, 1]
+        torch.mul(zr, wr, out=yr)
+        yr.addcmul_(zi, wi, value=-1.)
+        torch.mul(zr, wi, out=yi)
+        yi.addcmul_(zi, wr)
+    else:
+        y = torch.stack((zr * wr - zi * wi, zr * wi + zi * wr), 2)
+    y = torch.matmul(ih, y.reshape(B, 2 * H, wf * C))
+    y = torch.matmul(iw, y.reshape(B * H, 2 * wf, C))
+    return y.reshape(B, H, W, C).to(x.dtype)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _is_traced() -> bool:
+    """Inside torch.compile / torch.export / ONNX export / jit tracing, where nothing can be measured or cached."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+_DFT_CACHE: 'OrderedDict[Tuple[int, int, str, torch.dtype], Tuple[torch.Tensor, ...]]' = OrderedDict()
+_DFT_CACHE_SIZE = 64
+
+
+def _matrices(H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    if _is_traced():
+        # built in the graph from the (possibly symbolic) grid size: constants a compiler folds, never weights
+        return dft_matrices(H, W, device, dtype, exact=False)
+    key = (H, W, str(device), dtype)
+    mats = _DFT_CACHE.get(key)
+    if mats is None:
+        mats = tuple(m.to(device) for m in dft_matrices(H, W, None, dtype))  # float64 angles on the CPU
+        _DFT_CACHE[key] = mats
+        while len(_DFT_CACHE) > _DFT_CACHE_SIZE:
+            _DFT_CACHE.popitem(last=False)
+    return mats
+
+
+def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The global filter as real DFT matrix products, no complex tensors: the same result as `global_filter_fft`.
+
+    Runs in the input's dtype, or in the autocast dtype when autocast is on (matmuls accumulate in float32);
+    the output has the input's dtype, as in the reference.
+    """
+    H, W = x.shape[1], x.shape[2]
+    autocast_dtype = _autocast_dtype(x.device.type)
+    dtype = autocast_dtype if autocast_dtype is not None and x.dtype == torch.float32 else x.dtype
+    fw, fh, ih, iw = _matrices(H, W, x.device, dtype)
+    inplace = not (_is_traced() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    if autocast_dtype is None:
+        return _dft_filter(x, weight, fw, fh, ih, iw, inplace)
+    # the dtype is chosen above: autocast must not re-cast the DFT matrices on every call
+    with torch.autocast(x.device.type, enabled=False):
+        return _dft_filter(x, weight, fw, fh, ih, iw, inplace)
+
+
+# resampled filters above this many elements (1 MiB in float32) are not cached
+_FILTER_CACHE_MAX_NUMEL = 1 << 18
+
+_BACKEND_FNS = {'fft': global_filter_fft, 'matmul': global_filter_matmul}
+_AUTO_CHOICES: Dict[tuple, str] = {}
+# matmul replaces the reference only when measurably faster: a tie keeps the authors' numerics
+_AUTO_MARGIN = 0.95
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _measure(x: torch.Tensor, weight: torch.Tensor, repeats: int = 3) -> str:
+    x, weight = x.detach(), weight.detach()
+    times: Dict[str, float] = {}
+    for fn in _BACKEND_FNS.values():
+        fn(x, weight)  # warm-up: DFT matrices, FFT plans, allocator
+    for _ in range(repeats):  # interleaved, best of: robust to a busy machine
+        for name, fn in _BACKEND_FNS.items():
+            _sync(x.device)
+            t = time.perf_counter()
+            fn(x, weight)
+            _sync(x.device)
+            times[name] = min(times.get(name, math.inf), time.perf_counter() - t)
+    return 'matmul' if times['matmul'] < _AUTO_MARGIN * times['fft'] else 'fft'
+
+
+def _auto_backend(x: torch.Tensor, weight: torch.Tensor) -> str:
+    if _is_traced() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # real-valued ops only: what exports, and what inductor fuses (it has no codegen for complex ops)
+        return 'matmul'
+    B, H, W, C = x.shape
+    key = (str(x.device), x.dtype, _autocast_dtype(x.device.type), 1 << max(B - 1, 0).bit_length(), H, W, C)
+    choice = _AUTO_CHOICES.get(key)
+    if choice is None:
+        choice = _AUTO_CHOICES[key] = _measure(x, weight)
+    return choice
+
+
+def auto_backend_choices() -> Dict[tuple, str]:
+    """What `auto` picked so far: {(device, dtype, autocast dtype, batch bucket, H, W, C): backend}."""
+    return dict(_AUTO_CHOICES)
+
+
+@torch.jit.unused
+def global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str = 'auto') -> torch.Tensor:
+    """Filter a (B, H, W, C) grid with a (H, W // 2 + 1, C, 2) filter using `backend` ('auto', 'fft', 'matmul')."""
+    if backend == 'auto':
+        backend = _auto_backend(x, weight)
+    fn = _BACKEND_FNS.get(backend)
+    if fn is None:
+        raise ValueError(f'Unknown filter backend {backend!r}: use one of {", ".join(FILTER_BACKENDS)}.')
+    return fn(x, weight)
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in FILTER_BACKENDS:
+        raise ValueError(f'Unknown filter_backend {backend!r}: use one of {", ".join(FILTER_BACKENDS)}.')
+    return backend
+
+
 @register_notrace_module  # shape checks and the resample cache are not symbolically traceable
 class GlobalFilter(nn.Module):
     """Global filter token mixer, usable on its own as the paper's plug-and-play layer.
@@ -62,6 +263,9 @@ class GlobalFilter(nn.Module):
         grid_size: Token grid (H, W) the filter is learned for.
         dynamic_size: Accept other grid sizes by resampling the filter on the fly.
         cache_size: How many resampled filters to keep for inference at dynamic sizes.
+        filter_backend: 'fft' (the authors' float32 FFTs), 'matmul' (real DFT matrices: exports to ONNX, runs in
+            the autocast dtype) or 'auto' (measured per device, dtype and grid size; matmul when compiled or
+            exported). Results agree to float32 rounding; the parameters are the same.
     """
 
     def __init__(
@@ -70,6 +274,7 @@ class GlobalFilter(nn.Module):
             grid_size: Union[int, Tuple[int, int]] = 14,
             dynamic_size: bool = False,
             cache_size: int = 8,
+            filter_backend: str = 'auto',
             device=None,
             dtype=None,
     ):
@@ -78,6 +283,7 @@ class GlobalFilter(nn.Module):
         self.grid_size = to_2tuple(grid_size)
         self.dynamic_size = dynamic_size
         self.cache_size = cache_size
+        self.filter_backend = _check_backend(filter_backend)
         h, wf = filter_spectrum_size(self.grid_size)
         # stored real with a trailing (real, imag) axis, the authors' layout: checkpoints load as they are
         self.complex_weight = nn.Parameter(torch.randn(h, wf, dim, 2, device=device, dtype=dtype) * 0.02)
@@ -106,7 +312,15 @@ class GlobalFilter(nn.Module):
     def _filter(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f'GlobalFilter has {self.dim} channels, got input with {x.shape[-1]} (channels last).')
-        return global_filter_fft(x, self.filter_for(x.shape[1], x.shape[2]))
+        H, W = x.shape[1], x.shape[2]
+        weight = self.filter_for(H, W)
+        if torch.jit.is_scripting():
+            # TorchScript cannot measure: the reference unless matmul is asked for
+            if self.filter_backend == 'matmul':
+                fw, fh, ih, iw = dft_matrices(H, W, x.device, x.dtype, False)
+                return _dft_filter(x, weight, fw, fh, ih, iw)
+            return global_filter_fft(x, weight)
+        return global_filter(x, weight, self.filter_backend)
 
     def filter_for(self, H: int, W: int) -> torch.Tensor:
         """The (H, W // 2 + 1, C, 2) filter for an H x W grid."""
@@ -125,8 +339,12 @@ class GlobalFilter(nn.Module):
     @torch.jit.unused
     def _cached_filter(self, H: int, W: int) -> torch.Tensor:
         weight = self.complex_weight
-        # training and compiled graphs need the filter in the autograd graph / traced: no cache there
-        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+        h, wf = filter_spectrum_size((H, W))
+        # training and compiled graphs need the filter in the autograd graph / traced: no cache there. Large
+        # filters are resampled on every call: cached, each layer would hold an activation-sized tensor to save
+        # well under 1% of its time (0.1-0.4% of a gfnet_s block at 512-2048 px, measured on CPU)
+        if (torch.is_grad_enabled() and weight.requires_grad) or _is_traced() \
+                or h * wf * weight.shape[2] * 2 > _FILTER_CACHE_MAX_NUMEL:
             return resample_filter(weight, (H, W), mode='bilinear')
         key = (H, W, weight._version, str(weight.device), str(weight.dtype))
         cached = self._cache.get(key)
@@ -140,4 +358,14 @@ class GlobalFilter(nn.Module):
         return cached
 
     def extra_repr(self) -> str:
-        return f'dim={self.dim}, grid_size={self.grid_size}, dynamic_size={self.dynamic_size}'
+        return (f'dim={self.dim}, grid_size={self.grid_size}, dynamic_size={self.dynamic_size}, '
+                f'filter_backend={self.filter_backend!r}')
+
+
+def set_filter_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every GlobalFilter of `model` to `backend` ('auto', 'fft' or 'matmul'); returns the model."""
+    backend = _check_backend(backend)
+    for m in model.modules():
+        if isinstance(m, GlobalFilter):
+            m.filter_backend = backend
+    return model
