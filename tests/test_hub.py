@@ -49,14 +49,10 @@ def _push(*args: str, endpoint: str, tmp: Path, **env: str) -> subprocess.Comple
         env=_env(tmp, endpoint, HF_HUB_DISABLE_XET='1', **env), capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope='module')
-def pushed(hub, checkpoint, tmp_path_factory) -> subprocess.CompletedProcess:
-    proc = _push(str(checkpoint), REPO, endpoint=hub.endpoint, tmp=tmp_path_factory.mktemp('push'), HF_TOKEN=TOKEN)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def test_push_uploads_config_safetensors_and_card(hub, pushed, checkpoint):
+def test_push_then_plain_timm_loads_it(hub, checkpoint, tmp_path):
+    """The round trip in one test (one push, whichever xdist worker runs it): what is uploaded, then loading."""
+    pushed = _push(str(checkpoint), REPO, endpoint=hub.endpoint, tmp=tmp_path / 'push', HF_TOKEN=TOKEN)
+    assert pushed.returncode == 0, pushed.stderr
     files = hub.files(REPO)
     assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']  # no pickle files
     assert hub.lfs_paths(REPO) == {'model.safetensors'}  # the weights went through the LFS upload protocol
@@ -80,6 +76,8 @@ def test_push_uploads_config_safetensors_and_card(hub, pushed, checkpoint):
     # huggingface_hub's upload progress bar, then where the model is and how to load it
     assert 'model.safetensors: 100%' in pushed.stderr
     assert f"load it with timm.create_model('hf-hub:{REPO}', pretrained=True)" in pushed.stdout
+
+    _check_plain_timm_loads(hub, checkpoint, tmp_path / 'load')
 
 
 LOAD = r'''
@@ -114,9 +112,10 @@ def _fft_filters(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def test_plain_timm_loads_what_was_pushed(hub, pushed, checkpoint, tmp_path):
+def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) -> None:
     """A fresh interpreter that never imports timm_gfnet itself: `hf-hub:` downloads from the server, and
-    `local-dir:` loads a snapshot of the repo; both give exactly the pushed model's outputs."""
+    `local-dir:` loads a snapshot of the repo; both give exactly the pushed model's weights and outputs."""
+    tmp_path.mkdir()
     x = input_batch()
     torch.save(x, tmp_path / 'x.pt')
     proc = subprocess.run(
