@@ -21,9 +21,9 @@ from timm_gfnet.cards import (
     card_names,
     check_cards,
     generate_card,
-    set_filter_backend,
 )
 from timm_gfnet.cli import main
+from timm_gfnet.global_filter import set_filter_backend
 from timm_gfnet.profile import profile_model
 
 CARDS = Path(__file__).resolve().parent.parent / 'model_cards'

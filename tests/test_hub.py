@@ -16,6 +16,7 @@ from timm.models import save_for_hf
 
 from reference import input_batch, write_authors_checkpoint
 from timm_gfnet.cards import generate_card
+from timm_gfnet.global_filter import set_filter_backend
 from timm_gfnet.hub import load_weights
 
 TOKEN = 'hf_alice_write'
@@ -89,27 +90,17 @@ from huggingface_hub import snapshot_download
 torch.set_num_threads(1)
 repo_id, x_file, out_file, local_dir = sys.argv[1:]
 x = torch.load(x_file)
-hub_model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
+# the FFT filters, as in the test: a backend picked by timing could differ between the two processes
+hub_model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, filter_backend='fft').eval()
 local = snapshot_download(repo_id, local_dir=local_dir)
-local_model = timm.create_model(f'local-dir:{local}', pretrained=True).eval()
+local_model = timm.create_model(f'local-dir:{local}', pretrained=True, filter_backend='fft').eval()
 out = {'files': sorted(__import__('os').listdir(local))}
 for key, model in (('hf-hub', hub_model), ('local-dir', local_model)):
-    for m in model.modules():  # FFT filters (the default where there is no backend choice), as in the test
-        if hasattr(m, 'filter_backend'):
-            m.filter_backend = 'fft'
     with torch.no_grad():
         out[key] = model(x)
     out[key + ' weights'] = model.state_dict()
 torch.save(out, out_file)
 '''
-
-
-def _fft_filters(model: torch.nn.Module) -> torch.nn.Module:
-    # a backend chosen by timing (FFT or DFT matmuls) could differ between processes; the FFT one is the reference
-    for m in model.modules():
-        if hasattr(m, 'filter_backend'):
-            m.filter_backend = 'fft'
-    return model
 
 
 def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) -> None:
@@ -126,7 +117,7 @@ def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same reduction order as the subprocess: outputs can be compared exactly
     try:
-        source = _fft_filters(load_weights(checkpoint).eval())
+        source = set_filter_backend(load_weights(checkpoint), 'fft').eval()
         with torch.no_grad():
             expected = source(x)
     finally:

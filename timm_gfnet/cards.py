@@ -15,13 +15,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
 from .gfnet import GFNet
+from .global_filter import set_filter_backend
 from .profile import profile_model
-
-try:  # global filters that choose between FFT and DFT-matmul backends, which differ in FLOPs
-    from .global_filter import set_filter_backend
-except ImportError:  # FFT only
-    def set_filter_backend(model: torch.nn.Module, backend: str) -> torch.nn.Module:
-        return model
 
 __all__ = ['PUBLISHED', 'CITATION', 'CardDriftError', 'card_names', 'generate_card', 'write_cards', 'check_cards']
 
