@@ -84,7 +84,7 @@ def test_dynamic_size(name, checkpoints):
 
 def test_fixed_size_model_refuses_other_sizes():
     model = timm.create_model('gfnet_ti')
-    with pytest.raises(AssertionError, match=r"Input height \(256\) doesn't match model \(224\)"):
+    with pytest.raises(ValueError, match=r'created for 224x224 images and got 256x224'):
         model(torch.randn(1, 3, 256, 224))
 
 
