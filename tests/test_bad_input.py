@@ -180,12 +180,11 @@ def test_global_filter_bad_input(case, kwargs, shape, message):
     assert str(e.value) == message
 
 
-@pytest.mark.xfail(strict=True, reason='reported: GlobalFilter casts its float result back to the integer input '
-                                       'dtype (fft truncates, matmul gives zeros); fix in global_filter.py')
 @pytest.mark.parametrize('dtype', [torch.int64, torch.uint8, torch.bool])
 def test_global_filter_refuses_integer_input(dtype):
-    with pytest.raises(ValueError, match='^GlobalFilter '):
+    with pytest.raises(ValueError, match='^GlobalFilter ') as e:
         GlobalFilter(16, grid_size=(6, 10))(torch.ones(2, 6, 10, 16, dtype=dtype))
+    assert 'got ' + str(dtype) in str(e.value) and 'x.float()' in str(e.value)
 
 
 # ---- files, through timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))

@@ -119,13 +119,8 @@ def test_global_filter_bad_shapes_are_value_errors(examples):
     check()
 
 
-# reported: the fft backend fails inside MKL on an empty batch, and a dynamic filter on a 0-size grid inside
-# F.interpolate; strict, so that the fix in global_filter.py turns these into failures to remove the marker
-_KNOWN_BUG = pytest.mark.xfail(strict=True, reason='RuntimeError from MKL / F.interpolate: fix in global_filter.py')
-
-
 @pytest.mark.parametrize('shape,dynamic,backend', [
-    pytest.param(shape, dynamic, backend, marks=_KNOWN_BUG if backend == 'fft' or 0 in shape[1:] else ())
+    (shape, dynamic, backend)
     for shape, dynamic in [((0, 3, 4, 4), False), ((0, 5, 5, 4), True), ((1, 0, 4, 4), True), ((0, 12, 4), False)]
     for backend in BACKENDS
 ])

@@ -77,6 +77,64 @@ def _cards(args: argparse.Namespace) -> None:
         print(f'wrote {path}')
 
 
+def _export_onnx(args: argparse.Namespace) -> None:
+    from .onnx_export import check_onnx, create_for_export, export_onnx
+
+    kwargs = {'img_size': args.img_size} if args.img_size else {}
+    model = create_for_export(args.model, args.checkpoint, pretrained=args.pretrained, **kwargs)
+    path = export_onnx(model, args.out, opset=args.opset)
+    c, h, w = model.patch_embed.proj.in_channels, *model.patch_embed.img_size
+    print(f'wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
+          f'dynamic batch; output "output"')
+    if not args.no_check:
+        info = check_onnx(model, path)
+        if info['max_abs_diff'] > args.tolerance:
+            raise CliError(f"onnxruntime differs from PyTorch by {info['max_abs_diff']:.1e} (tolerance "
+                           f'{args.tolerance:.0e}): please report this with the model name and onnxruntime version.')
+        print(f"onnxruntime matches PyTorch: max abs diff {info['max_abs_diff']:.1e} at batch sizes "
+              f"{', '.join(map(str, info['batch_sizes']))}; ops: {' '.join(info['ops'])}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import asdict
+
+    from .bench import FULL, QUICK, SUITES, format_report, plot_resolution, run_bench
+
+    preset = QUICK if args.quick else FULL
+    suites = args.suite or ['resolution']
+    suites = list(SUITES) if 'all' in suites else list(dict.fromkeys(suites))
+    result = run_bench(
+        suites=suites, model_name=args.model, baselines=args.baselines, sizes=args.sizes or preset['sizes'],
+        batch_size=args.batch_size or preset['batch_size'], repeats=args.repeats or preset['repeats'],
+        train_max_size=preset['train_max_size'] if args.train_max_size is None else args.train_max_size,
+        variants=args.variants, variant_sizes=args.variant_sizes, amp_dtype=args.amp_dtype, device=args.device,
+        sample_s=preset['sample_s'], max_call_s=args.max_call_seconds, progress=not args.no_progress)
+    if sys.argv and sys.argv[0].endswith(('timm-gfnet', 'cli.py')):  # the command that made these numbers
+        print('command: timm-gfnet ' + ' '.join(sys.argv[1:]))
+    print(format_report(result))
+    if args.plot:
+        try:
+            if plot_resolution(result, args.plot):
+                print(f'plot: {args.plot}')
+        except ImportError as e:
+            print(f'no plot: {e}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(result, rows=[asdict(r) for r in result['rows']],
+                           auto_choices={str(k): v for k, v in result['auto_choices'].items()}), f, indent=1)
+        print(f'results: {args.json}')
+
+
+def _viz(args: argparse.Namespace) -> None:
+    from .onnx_export import create_for_export
+    from .viz import plot_filters
+
+    model = create_for_export(args.model, args.checkpoint, pretrained=args.pretrained)
+    what = f'{args.channels} channels' if args.channels else 'mean over channels'
+    print(f'wrote {plot_filters(model, args.out, channels=args.channels, log=args.log)}: |filter| per layer ({what})')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -113,6 +171,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--check', action='store_true', help='fail if the cards in --out differ from the generator')
     p.set_defaults(func=_cards)
 
+    p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
+    p.add_argument('--model', required=True, help='model name, e.g. gfnet_s')
+    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
+    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
+    p.add_argument('--out', required=True, help='ONNX file to write')
+    p.add_argument('--img-size', type=int, default=None, help='input size (default: the model\'s, 224)')
+    p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
+    p.add_argument('--tolerance', type=float, default=1e-4, help='max abs difference allowed (default: 1e-4)')
+    p.set_defaults(func=_export_onnx)
+
+    p = sub.add_parser('bench', help='throughput, memory and training speed against the reference and timm ViTs')
+    p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
+    p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'compile', 'amp', 'all'),
+                   help='what to measure (default: resolution)')
+    p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
+    p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
+                   help='timm models to compare with (default: deit_small_patch16_224)')
+    p.add_argument('--sizes', nargs='+', type=int, default=None, help='input sizes (default: 224 ... 2048)')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
+    p.add_argument('--repeats', type=int, default=None, help='interleaved repeats per measurement (default: 5)')
+    p.add_argument('--train-max-size', type=int, default=None, help='largest size with a training step (512)')
+    p.add_argument('--variants', nargs='+', default=None, help='backends suite: variants (default: all)')
+    p.add_argument('--variant-sizes', nargs='+', type=int, default=[224, 512, 1024], help='backends suite: sizes')
+    p.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), help='amp suite dtype')
+    p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
+    p.add_argument('--max-call-seconds', type=float, default=120.,
+                   help='a model slower than this per call is timed once (default: 120)')
+    p.add_argument('--plot', default='gfnet_bench.png', help='PNG of the resolution sweep (default: gfnet_bench.png)')
+    p.add_argument('--json', default=None, help='also write the measurements to this JSON file')
+    p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser('viz', help='picture of the learned filters (magnitude spectra per layer)')
+    p.add_argument('--model', required=True, help='model name, e.g. gfnet_xs')
+    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
+    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
+    p.add_argument('--out', required=True, help='PNG file to write')
+    p.add_argument('--channels', type=int, default=None, help='show this many single channels per layer')
+    p.add_argument('--log', action='store_true', help='log magnitude')
+    p.set_defaults(func=_viz)
+
     return parser
 
 
@@ -124,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (CliError, ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
         print(f'timm-gfnet {args.command}: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:

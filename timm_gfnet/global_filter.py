@@ -161,7 +161,9 @@ def _matrices(H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple
     key = (H, W, str(device), dtype)
     mats = _DFT_CACHE.get(key)
     if mats is None:
-        mats = tuple(m.to(device) for m in dft_matrices(H, W, None, dtype))  # float64 angles on the CPU
+        # normal tensors even when first asked for under inference_mode: training may reuse them later
+        with torch.inference_mode(False):
+            mats = tuple(m.to(device) for m in dft_matrices(H, W, None, dtype))  # float64 angles on the CPU
         _DFT_CACHE[key] = mats
         while len(_DFT_CACHE) > _DFT_CACHE_SIZE:
             _DFT_CACHE.popitem(last=False)
@@ -190,7 +192,9 @@ def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 _FILTER_CACHE_MAX_NUMEL = 1 << 18
 
 _BACKEND_FNS = {'fft': global_filter_fft, 'matmul': global_filter_matmul}
-_AUTO_CHOICES: Dict[tuple, str] = {}
+# LRU of what `auto` measured: enough for multi-scale training and detection, bounded for any number of sizes
+_AUTO_CACHE: 'OrderedDict[tuple, str]' = OrderedDict()
+_AUTO_CACHE_SIZE = 256
 # matmul replaces the reference only when measurably faster: a tie keeps the authors' numerics
 _AUTO_MARGIN = 0.95
 
@@ -222,20 +226,26 @@ def _auto_backend(x: torch.Tensor, weight: torch.Tensor) -> str:
         return 'matmul'
     B, H, W, C = x.shape
     key = (str(x.device), x.dtype, _autocast_dtype(x.device.type), 1 << max(B - 1, 0).bit_length(), H, W, C)
-    choice = _AUTO_CHOICES.get(key)
+    choice = _AUTO_CACHE.get(key)
     if choice is None:
-        choice = _AUTO_CHOICES[key] = _measure(x, weight)
+        choice = _AUTO_CACHE[key] = _measure(x, weight)
+        while len(_AUTO_CACHE) > _AUTO_CACHE_SIZE:
+            _AUTO_CACHE.popitem(last=False)
+    else:
+        _AUTO_CACHE.move_to_end(key)
     return choice
 
 
 def auto_backend_choices() -> Dict[tuple, str]:
     """What `auto` picked so far: {(device, dtype, autocast dtype, batch bucket, H, W, C): backend}."""
-    return dict(_AUTO_CHOICES)
+    return dict(_AUTO_CACHE)
 
 
 @torch.jit.unused
 def global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str = 'auto') -> torch.Tensor:
     """Filter a (B, H, W, C) grid with a (H, W // 2 + 1, C, 2) filter using `backend` ('auto', 'fft', 'matmul')."""
+    if x.numel() == 0 and not _is_traced():
+        return torch.zeros_like(x)  # an empty batch: FFT libraries refuse it, torch layers return empty
     if backend == 'auto':
         backend = _auto_backend(x, weight)
     fn = _BACKEND_FNS.get(backend)
@@ -312,7 +322,12 @@ class GlobalFilter(nn.Module):
     def _filter(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f'GlobalFilter has {self.dim} channels, got input with {x.shape[-1]} (channels last).')
+        if not x.is_floating_point():
+            # the result would be cast back to the input's dtype: truncated or all zeros
+            raise ValueError(f'GlobalFilter needs a floating-point input, got {x.dtype}: convert it with x.float().')
         H, W = x.shape[1], x.shape[2]
+        if H == 0 or W == 0:
+            raise ValueError(f'GlobalFilter got an empty {H}x{W} token grid: the input is smaller than one patch.')
         weight = self.filter_for(H, W)
         if torch.jit.is_scripting():
             # TorchScript cannot measure: the reference unless matmul is asked for
@@ -349,7 +364,8 @@ class GlobalFilter(nn.Module):
         key = (H, W, weight._version, str(weight.device), str(weight.dtype))
         cached = self._cache.get(key)
         if cached is None:
-            cached = resample_filter(weight.detach(), (H, W), mode='bilinear')
+            with torch.inference_mode(False):  # usable outside inference_mode too (e.g. a frozen filter)
+                cached = resample_filter(weight.detach(), (H, W), mode='bilinear')
             self._cache[key] = cached
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -1,0 +1,592 @@
+"""`timm-gfnet bench`: GFNet speed and memory, measured side by side in one run.
+
+Every comparison is a ratio of medians over interleaved repeats (each repeat times every contender once, in turn),
+so slow drifts of a shared machine hit both sides alike. Suites:
+
+* resolution: our default filter backend vs the reference (`fft`) backend on the same weights, and timm ViTs
+  (deit_small / vit_small) at the same input sizes: inference images/s, peak memory, a training step.
+* backends: ours vs the reference, eager, for every variant and size (the no-regression check).
+* compile: torch.compile of ours vs the reference compiled the same way, and how much of the time the linear and
+  conv layers take (the matrix work no filter can remove) in eager and compiled mode.
+* amp: ours vs the reference under bf16 (or fp16) autocast.
+
+Peak memory is the model's own state (parameters, buffers, cached resampled filters) plus the highest amount of
+memory allocated above that during one inference forward (CUDA: the caching allocator's statistics; CPU: the
+allocation events of the PyTorch profiler). The input batch is not counted.
+"""
+import contextlib
+import copy
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .global_filter import GlobalFilter, auto_backend_choices, set_filter_backend
+
+__all__ = ['run_bench', 'SUITES', 'QUICK', 'format_report', 'plot_resolution']
+
+SUITES = ('resolution', 'backends', 'compile', 'amp')
+OURS, REF = 'auto', 'fft'
+DEFAULT_BASELINES = ('deit_small_patch16_224',)
+QUICK = dict(sizes=(224, 448), batch_size=4, repeats=3, train_max_size=224, sample_s=0.3)
+FULL = dict(sizes=(224, 384, 512, 768, 1024, 2048), batch_size=8, repeats=5, train_max_size=512, sample_s=1.0)
+
+
+class Progress:
+    """One line per step on stderr, with the elapsed time: the table itself goes to stdout."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f'[{time.perf_counter() - self.start:6.1f}s] {msg}', file=sys.stderr, flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], iters: int, device: torch.device) -> float:
+    """Seconds per call, over `iters` back-to-back calls."""
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def interleaved_throughput(
+        fns: Dict[str, Callable[[], Any]],
+        batch: int,
+        repeats: int,
+        device: torch.device,
+        sample_s: float = 1.0,
+        max_call_s: float = 120.,
+        progress: Optional[Progress] = None,
+) -> Dict[str, List[float]]:
+    """Images/s samples of each contender: a warm-up call each, then `repeats` rounds timing every one in turn.
+
+    A contender whose warm-up call exceeds `max_call_s` keeps that single call as its only sample.
+    """
+    iters: Dict[str, int] = {}
+    samples: Dict[str, List[float]] = {}
+    for name, fn in fns.items():
+        if progress:
+            progress(f'  warm-up {name}')
+        # first call: allocator, autotuning of the auto backend, lazy init; far too slow ones stop there
+        t = _timed(fn, 1, device)
+        if t > max_call_s:
+            samples[name] = [batch / t]
+            continue
+        t = _timed(fn, 1, device)
+        iters[name] = max(1, int(sample_s / max(t, 1e-6)))
+    for r in range(repeats):
+        if progress and len(iters) > 1:
+            progress(f'  round {r + 1}/{repeats}')
+        for name, fn in fns.items():
+            if name in iters:
+                samples.setdefault(name, []).append(batch / _timed(fn, iters[name], device))
+    return samples
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side logs start/stop lines to fd 2; keep the progress display readable."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Highest memory allocated during `fn()` above what was allocated before it."""
+    if device.type == 'cuda':
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == 'cpu':
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Parameters, buffers and the filters a GlobalFilter keeps resampled for dynamic sizes."""
+    n = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for m in model.modules():
+        if isinstance(m, GlobalFilter):
+            n += sum(t.numel() * t.element_size() for t in m._cache.values())
+    return n
+
+
+def _batch_for(size: int, batch_224: int) -> int:
+    # about the same number of pixels per batch at every size
+    return max(1, round(batch_224 * (224 / size) ** 2))
+
+
+def _create(name: str, device: torch.device, **kwargs) -> nn.Module:
+    import timm
+    if not timm.is_model(name):
+        raise ValueError(f'Unknown model {name!r}: pass a timm model name (see `timm-gfnet models`).')
+    return timm.create_model(name, **kwargs).to(device).eval()
+
+
+def _label(model_name: str, backend: str) -> str:
+    return f'{model_name} ({"ours" if backend == OURS else "reference fft"})'
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or 'out of memory' in str(e).lower() or \
+        'not enough memory' in str(e).lower()
+
+
+@dataclass
+class Row:
+    suite: str
+    model: str
+    size: int
+    batch: int
+    infer: List[float] = field(default_factory=list)
+    train: List[float] = field(default_factory=list)
+    peak_bytes: Optional[int] = None
+    note: str = ''
+
+    @property
+    def infer_ips(self) -> Optional[float]:
+        return statistics.median(self.infer) if self.infer else None
+
+    @property
+    def train_ips(self) -> Optional[float]:
+        return statistics.median(self.train) if self.train else None
+
+
+def _infer_fn(model: nn.Module, x: torch.Tensor, backend: Optional[str] = None) -> Callable[[], Any]:
+    def fn():
+        if backend is not None:
+            set_filter_backend(model, backend)
+        with torch.inference_mode():
+            return model(x)
+    return fn
+
+
+def _train_fn(model: nn.Module, x: torch.Tensor, backend: Optional[str] = None) -> Callable[[], Any]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    target = torch.randint(0, model.num_classes, (x.shape[0],), device=x.device)
+
+    def fn():
+        if backend is not None:
+            set_filter_backend(model, backend)
+        model.train()
+        loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.eval()
+    return fn
+
+
+def resolution_suite(
+        model_name: str,
+        baselines: Sequence[str],
+        sizes: Sequence[int],
+        batch_size: int,
+        repeats: int,
+        train_max_size: int,
+        device: torch.device,
+        sample_s: float,
+        max_call_s: float,
+        progress: Progress,
+) -> List[Row]:
+    # one model per architecture serves every size (dynamic_img_size): filters and position embeddings are
+    # resampled from the 224 ones, as a user of pretrained weights would run them
+    gf = _create(model_name, device, dynamic_img_size=True)
+    others = {b: _create(b, device, dynamic_img_size=True) for b in baselines}
+    rows = []
+    for size in sizes:
+        batch = _batch_for(size, batch_size)
+        x = torch.randn(batch, 3, size, size, device=device)
+        contenders = {_label(model_name, OURS): (gf, OURS), _label(model_name, REF): (gf, REF)}
+        contenders.update({b: (m, None) for b, m in others.items()})
+        size_rows = {name: Row('resolution', name, size, batch) for name in contenders}
+        progress(f'{size}x{size}, batch {batch}: inference')
+        try:
+            samples = interleaved_throughput(
+                {n: _infer_fn(m, x, b) for n, (m, b) in contenders.items()}, batch, repeats, device, sample_s,
+                max_call_s, progress)
+            for n, s in samples.items():
+                size_rows[n].infer = s
+                if len(s) == 1 and repeats > 1:
+                    size_rows[n].note = 'one run (slow)'
+            progress(f'{size}x{size}: peak memory')
+            for n, (m, b) in contenders.items():
+                fn = _infer_fn(m, x, b)
+                size_rows[n].peak_bytes = state_bytes(m) + peak_memory_bytes(fn, device)
+        except RuntimeError as e:
+            if not _is_oom(e):
+                raise
+            for r in size_rows.values():
+                r.note = 'out of memory'
+        if size <= train_max_size:
+            progress(f'{size}x{size}: training step')
+            try:
+                samples = interleaved_throughput(
+                    {n: _train_fn(m, x, b) for n, (m, b) in contenders.items()}, batch, repeats, device, sample_s,
+                    max_call_s, progress)
+                for n, s in samples.items():
+                    size_rows[n].train = s
+            except RuntimeError as e:
+                if not _is_oom(e):
+                    raise
+        rows.extend(size_rows.values())
+        del x
+    return rows
+
+
+def backends_suite(
+        variants: Sequence[str],
+        sizes: Sequence[int],
+        batch_size: int,
+        repeats: int,
+        device: torch.device,
+        sample_s: float,
+        max_call_s: float,
+        progress: Progress,
+) -> List[Row]:
+    rows = []
+    for v in variants:
+        model = _create(v, device, dynamic_img_size=True, dynamic_img_pad=True)
+        for size in sizes:
+            batch = _batch_for(size, batch_size)
+            x = torch.randn(batch, 3, size, size, device=device)
+            progress(f'{v} {size}x{size}, batch {batch}')
+            samples = interleaved_throughput(
+                {OURS: _infer_fn(model, x, OURS), REF: _infer_fn(model, x, REF)}, batch, repeats, device,
+                sample_s, max_call_s, progress)
+            rows += [Row('backends', _label(v, b), size, batch, infer=samples[b]) for b in (OURS, REF)]
+    return rows
+
+
+def _linear_conv_seconds(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> float:
+    """Seconds per forward spent in the model's nn.Linear and nn.Conv2d layers, each timed alone on its input."""
+    calls: List[Tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0].detach().clone())))
+             for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def run():
+        with torch.inference_mode():
+            for mod, inp in calls:
+                mod(inp)
+    run()
+    return min(_timed(run, 1, device) for _ in range(repeats))
+
+
+def compile_suite(
+        model_name: str,
+        size: int,
+        batch: int,
+        repeats: int,
+        device: torch.device,
+        sample_s: float,
+        max_call_s: float,
+        progress: Progress,
+) -> Tuple[List[Row], Dict[str, float]]:
+    base = _create(model_name, device)
+    ours = set_filter_backend(base, OURS)
+    ref = set_filter_backend(copy.deepcopy(base), REF)
+    x = torch.randn(batch, 3, size, size, device=device)
+    progress(f'compiling {model_name} with each backend (a few minutes on a small CPU)')
+    compiled = {}
+    for name, m in ((_label(model_name, OURS), ours), (_label(model_name, REF), ref)):
+        compiled[name] = torch.compile(m)
+        with torch.inference_mode():
+            compiled[name](x)
+        progress(f'  compiled {name}')
+    fns = {f'{n} eager': _infer_fn(m, x) for n, m in ((_label(model_name, OURS), ours), (_label(model_name, REF), ref))}
+    fns.update({f'{n} compiled': _infer_fn(c, x) for n, c in compiled.items()})
+    progress(f'{size}x{size}, batch {batch}: eager and compiled inference')
+    samples = interleaved_throughput(fns, batch, repeats, device, sample_s, max_call_s, progress)
+    rows = [Row('compile', n, size, batch, infer=s) for n, s in samples.items()]
+    progress('time in the linear and conv layers')
+    mat_s = _linear_conv_seconds(ours, x, device, repeats)
+    shares = {}
+    for r in rows:
+        if r.model.startswith(_label(model_name, OURS)):
+            mode = r.model.rsplit(' ', 1)[-1]
+            shares[mode] = mat_s / (batch / r.infer_ips)
+    return rows, shares
+
+
+def amp_suite(
+        model_name: str,
+        size: int,
+        batch: int,
+        dtype: torch.dtype,
+        repeats: int,
+        device: torch.device,
+        sample_s: float,
+        max_call_s: float,
+        progress: Progress,
+) -> Tuple[List[Row], Dict[str, float]]:
+    model = _create(model_name, device)
+    x = torch.randn(batch, 3, size, size, device=device)
+
+    def amp(fn):
+        def run():
+            with torch.autocast(device.type, dtype=dtype):
+                return fn()
+        return run
+    progress(f'{size}x{size}, batch {batch}: {dtype} autocast inference')
+    samples = interleaved_throughput(
+        {b: amp(_infer_fn(model, x, b)) for b in (OURS, REF)}, batch, repeats, device, sample_s, max_call_s,
+        progress)
+    rows = [Row(f'amp {str(dtype).split(".")[-1]}', _label(model_name, b), size, batch, infer=samples[b])
+            for b in (OURS, REF)]
+    # agreement of the two backends under the same autocast, relative to the logits' scale
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+        a = _infer_fn(model, x, OURS)().float()
+        r = _infer_fn(model, x, REF)().float()
+    return rows, {'max_abs_diff': float((a - r).abs().max()), 'logit_scale': float(r.abs().max())}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    import platform
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{name}, {torch.get_num_threads()} threads'
+
+
+def run_bench(
+        suites: Sequence[str] = ('resolution',),
+        model_name: str = 'gfnet_s',
+        baselines: Sequence[str] = DEFAULT_BASELINES,
+        sizes: Sequence[int] = FULL['sizes'],
+        batch_size: int = FULL['batch_size'],
+        repeats: int = FULL['repeats'],
+        train_max_size: int = FULL['train_max_size'],
+        variants: Optional[Sequence[str]] = None,
+        variant_sizes: Sequence[int] = (224, 512, 1024),
+        compile_size: int = 224,
+        compile_batch: int = 8,
+        amp_dtype: str = 'bfloat16',
+        amp_batch: Optional[int] = None,
+        device: str = 'cpu',
+        sample_s: float = FULL['sample_s'],
+        max_call_s: float = 120.,
+        progress: bool = True,
+) -> Dict[str, Any]:
+    """Run the suites; returns {'device', 'rows', 'compile_shares', 'amp', 'auto_choices'} for the report."""
+    import timm
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f'Unknown suite {", ".join(unknown)}: pick from {", ".join(SUITES)}.')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device cuda was asked for but no CUDA device is available: use --device cpu.')
+    bad = [s for s in sizes if s % 32]
+    if bad:
+        raise ValueError(f'Sizes must be multiples of 32 (patch 16 and the hierarchical models\' stride 32): {bad}.')
+    p = Progress(progress)
+    out: Dict[str, Any] = {'device': _device_name(dev), 'rows': [], 'torch': torch.__version__}
+    if 'resolution' in suites:
+        out['rows'] += resolution_suite(model_name, baselines, sizes, batch_size, repeats, train_max_size, dev,
+                                        sample_s, max_call_s, p)
+    if 'backends' in suites:
+        out['rows'] += backends_suite(variants or timm.list_models('gfnet*'), variant_sizes, batch_size, repeats,
+                                      dev, sample_s, max_call_s, p)
+    if 'compile' in suites:
+        rows, out['compile_shares'] = compile_suite(model_name, compile_size, compile_batch, repeats, dev, sample_s,
+                                                    max_call_s, p)
+        out['rows'] += rows
+    if 'amp' in suites:
+        dtype = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16,
+                 'fp16': torch.float16}.get(amp_dtype)
+        if dtype is None:
+            raise ValueError(f'Unknown autocast dtype {amp_dtype!r}: use bfloat16 or float16.')
+        # a CPU without bf16/fp16 matrix units runs the linear layers in emulation: one image is enough there
+        batch = amp_batch or (compile_batch if dev.type == 'cuda' else 1)
+        rows, out['amp'] = amp_suite(model_name, compile_size, batch, dtype, repeats, dev, sample_s, max_call_s, p)
+        out['rows'] += rows
+    out['auto_choices'] = auto_backend_choices()
+    p('done')
+    return out
+
+
+def _fmt(v: Optional[float], spec: str = '.1f') -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return '-' if not a or not b else f'{a / b:.2f}x'
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ['  '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header] + rows]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(line.rstrip() for line in lines)
+
+
+def format_report(result: Dict[str, Any]) -> str:
+    """Plain-text tables (Markdown-compatible enough to paste) of every suite that ran."""
+    rows: List[Row] = result['rows']
+    parts = [f"device: {result['device']}, torch {result['torch']}; images/s are medians of interleaved repeats"]
+    res = [r for r in rows if r.suite == 'resolution']
+    if res:
+        sizes = sorted({r.size for r in res})
+        ref_name = next(r.model for r in res if r.model.endswith('(reference fft)'))
+        ours_name = next(r.model for r in res if r.model.endswith('(ours)'))
+        baseline_names = [n for n in dict.fromkeys(r.model for r in res) if n not in (ref_name, ours_name)]
+        table = []
+        for s in sizes:
+            by = {r.model: r for r in res if r.size == s}
+            ours = by[ours_name]
+            for name, r in by.items():
+                table.append((
+                    f'{s}', f'{r.batch}', name, _fmt(r.infer_ips),
+                    _ratio(ours.infer_ips, r.infer_ips) if r is not ours else '', _fmt(r.train_ips),
+                    _ratio(ours.train_ips, r.train_ips) if r is not ours else '',
+                    _fmt(r.peak_bytes / 2 ** 20 if r.peak_bytes is not None else None, '.0f'), r.note))
+        parts.append('Resolution sweep (ours = default filter backend; "ours vs" = ours / that row):\n' + _table(
+            ('size', 'batch', 'model', 'infer img/s', 'ours vs', 'train img/s', 'ours vs', 'peak MiB', 'note'),
+            table))
+        if baseline_names:
+            lines = []
+            for b in baseline_names:
+                for s in sizes:
+                    by = {r.model: r for r in res if r.size == s}
+                    o, d = by[ours_name], by[b]
+                    mem = '-' if o.peak_bytes is None or d.peak_bytes is None else \
+                        f'{o.peak_bytes / d.peak_bytes:.2f}x the memory'
+                    lines.append(f'  {s}: {ours_name} {_ratio(o.infer_ips, d.infer_ips)} the throughput of {b}, '
+                                 f'{mem}')
+            parts.append('GFNet vs ViT at the same input size:\n' + '\n'.join(lines))
+    bk = [r for r in rows if r.suite == 'backends']
+    if bk:
+        table = []
+        keys = dict.fromkeys((r.model.rsplit(' (', 1)[0], r.size) for r in bk)
+        for v, s in keys:
+            by = {r.model.rsplit(' (', 1)[1]: r for r in bk if r.model.startswith(v + ' (') and r.size == s}
+            o, f = by['ours)'], by['reference fft)']
+            table.append((v, f'{s}', f'{o.batch}', _fmt(o.infer_ips, '.2f'), _fmt(f.infer_ips, '.2f'),
+                          _ratio(o.infer_ips, f.infer_ips)))
+        parts.append('Every variant, eager inference, ours vs the reference backend:\n' + _table(
+            ('variant', 'size', 'batch', 'ours img/s', 'ref img/s', 'ours / ref'), table))
+    cp = [r for r in rows if r.suite == 'compile']
+    if cp:
+        by = {r.model: r for r in cp}
+        table = [(r.model, f'{r.size}', f'{r.batch}', _fmt(r.infer_ips, '.2f')) for r in cp]
+        text = _table(('model', 'size', 'batch', 'img/s'), table)
+        names = list(by)
+        eager_o, eager_r = by[names[0]], by[names[1]]
+        comp_o, comp_r = by[names[2]], by[names[3]]
+        text += (f'\n  compiled ours / compiled reference: {_ratio(comp_o.infer_ips, comp_r.infer_ips)}; '
+                 f'eager ours / eager reference: {_ratio(eager_o.infer_ips, eager_r.infer_ips)}')
+        shares = result.get('compile_shares', {})
+        if shares:
+            text += '\n  share of time in linear + conv layers (ours): ' + ', '.join(
+                f'{k} {v:.0%}' for k, v in shares.items())
+        parts.append('torch.compile:\n' + text)
+    amp = [r for r in rows if r.suite.startswith('amp')]
+    if amp:
+        o, f = amp
+        info = result.get('amp', {})
+        parts.append(f'{o.suite} autocast, {o.size}x{o.size}, batch {o.batch}:\n' + _table(
+            ('model', 'img/s'), [(r.model, _fmt(r.infer_ips, '.2f')) for r in amp])
+            + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the '
+              f"backends {info.get('max_abs_diff', math.nan):.2e} (logits up to {info.get('logit_scale', 0):.2f})")
+    choices = result.get('auto_choices') or {}
+    if choices:
+        picked = {}
+        for key, backend in choices.items():
+            _, _, ac, b, h, w, c = key
+            amp = f' {str(ac).split(".")[-1]}' if ac else ''
+            picked.setdefault(backend, []).append(f'{h}x{w}x{c} batch<={b}{amp}')
+        parts.append('auto picked: ' + '; '.join(f'{k} for {", ".join(sorted(set(v)))}' for k, v in picked.items()))
+    return '\n\n'.join(parts)
+
+
+def plot_resolution(result: Dict[str, Any], path: str) -> Optional[str]:
+    """Throughput and peak memory against resolution (log scales) as a PNG; None when no sweep ran."""
+    res = [r for r in result['rows'] if r.suite == 'resolution']
+    if not res:
+        return None
+    from .viz import pyplot
+    plt = pyplot()
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in dict.fromkeys(r.model for r in res):
+        mine = [r for r in res if r.model == name]
+        style = '-' if '(ours)' in name else '--' if 'reference' in name else ':'
+        pts = [(r.size, r.infer_ips) for r in mine if r.infer_ips]
+        if pts:
+            line, = ax1.plot(*zip(*pts), style, marker='o', label=f'{name} inference')
+            tr = [(r.size, r.train_ips) for r in mine if r.train_ips]
+            if tr:
+                ax1.plot(*zip(*tr), style, marker='x', color=line.get_color(), alpha=0.5, label=f'{name} train step')
+        mem = [(r.size, r.peak_bytes / 2 ** 20) for r in mine if r.peak_bytes]
+        if mem:
+            ax2.plot(*zip(*mem), style, marker='o', label=name)
+    for ax, title, unit in ((ax1, 'throughput', 'images / s'), (ax2, 'peak memory (inference)', 'MiB')):
+        ax.set_xscale('log', base=2)
+        ax.set_yscale('log')
+        ax.set_xlabel('input resolution (pixels per side)')
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        sizes = sorted({r.size for r in res})
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.grid(True, which='major', alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

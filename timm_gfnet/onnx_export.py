@@ -1,0 +1,102 @@
+"""ONNX export of GFNet models, checked against PyTorch with onnxruntime.
+
+The FFT ops of the authors' filter do not export (onnx/onnx#3573); under export the `auto` filter backend switches
+to real DFT matrix products (`matmul`), so the graph holds only MatMul and element-wise ops that every runtime has.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['create_for_export', 'export_onnx', 'check_onnx']
+
+
+def create_for_export(
+        model_name: str,
+        checkpoint: Optional[Union[str, Path]] = None,
+        pretrained: bool = False,
+        **kwargs,
+) -> nn.Module:
+    """A model in eval mode: random weights, the pretrained tag's weights, or a checkpoint file (authors' or ours)."""
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ValueError(f'Unknown model {model_name!r}: pick one of {", ".join(timm.list_models("gfnet*"))}.')
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f'Checkpoint {checkpoint} does not exist: pass the path of a .pth or .safetensors.')
+        kwargs['pretrained_cfg_overlay'] = dict(file=str(checkpoint))
+        pretrained = True
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs).eval()
+
+
+def _input_size(model: nn.Module, img_size: Optional[int]) -> tuple:
+    """(C, H, W) to export at: the size the model was created for, or `img_size` where the model allows it."""
+    embed = model.patch_embed
+    h, w = embed.img_size
+    if img_size is not None and (img_size, img_size) != (h, w):
+        if not getattr(model, 'dynamic_img_size', False):
+            raise ValueError(
+                f'The model was created for {h}x{w} images, not {img_size}x{img_size}: create it with '
+                f'img_size={img_size} (the filters and position embedding are resampled) or dynamic_img_size=True.')
+        h = w = img_size
+    return embed.proj.in_channels, h, w
+
+
+def export_onnx(
+        model: nn.Module,
+        out: Union[str, Path],
+        img_size: Optional[int] = None,
+        batch_size: int = 2,
+        dynamic_batch: bool = True,
+        opset: Optional[int] = None,
+) -> Path:
+    """Export `model` (NCHW float32 input named 'input', output 'output') to `out`.
+
+    The batch axis is dynamic; height and width are those of `img_size` (default: the model's input size). A
+    model created with dynamic_img_size=True is still exported at one size: the filter and position-embedding
+    resampling is specialised to the traced size.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    x = torch.randn(batch_size, *_input_size(model, img_size))
+    dynamic_shapes = {'x': {0: torch.export.Dim('batch', min=1, max=4096)}} if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
+            input_names=['input'], output_names=['output'], external_data=False, verbose=False)
+    program.save(str(out))
+    return out
+
+
+def check_onnx(
+        model: nn.Module,
+        path: Union[str, Path],
+        img_size: Optional[int] = None,
+        batch_sizes: tuple = (1, 3),
+        seed: int = 0,
+) -> Dict[str, Any]:
+    """Run the ONNX file in onnxruntime on random inputs and compare with PyTorch (float32).
+
+    Returns {'max_abs_diff', 'batch_sizes', 'ops'}: the largest difference over the batch sizes tried and the
+    set of ONNX op types in the graph (no DFT among them).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    g = torch.Generator().manual_seed(seed)
+    diff = 0.
+    for b in batch_sizes:
+        x = torch.randn(b, *_input_size(model, img_size), generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {name: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise RuntimeError(f'onnxruntime gave an output of shape {got.shape} for batch {b}, PyTorch {ref.shape}.')
+        diff = max(diff, float(abs(got - ref).max()))
+    ops = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node})
+    return {'max_abs_diff': diff, 'batch_sizes': batch_sizes, 'ops': ops}
