@@ -199,3 +199,26 @@ def test_global_filter_standalone():
         layer(torch.randn(1, 7, 10, 32))
     dynamic = GlobalFilter(32, grid_size=(6, 10), dynamic_size=True)
     assert dynamic(torch.randn(1, 7, 9, 32)).shape == (1, 7, 9, 32)
+
+
+def test_gelu_in_place_only_in_eager_inference():
+    """The blocks' GELU overwrites fc1's output in inference (the activations' peak) and nowhere else."""
+    from timm_gfnet.gfnet import GELU
+    act, ref = GELU(), torch.nn.GELU()
+    h = torch.randn(4, 8)
+    with torch.no_grad():
+        out = act(h.clone())
+        fresh = h.clone()
+        assert act(fresh).data_ptr() == fresh.data_ptr()
+    torch.testing.assert_close(out, ref(h), rtol=0, atol=0)
+    leaf = h.clone().requires_grad_()
+    act(leaf).sum().backward()  # autograd needs its input: out of place, same gradient as nn.GELU
+    leaf2 = h.clone().requires_grad_()
+    ref(leaf2).sum().backward()
+    assert torch.equal(leaf.grad, leaf2.grad) and torch.equal(leaf.detach(), h)
+    # graphs traced without grad record the out-of-place op: the traced model can still train
+    with torch.no_grad():
+        traced = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(8, 8), GELU()))
+    assert 'gelu_' not in traced.code
+    model = timm.create_model('gfnet_ti', depth=1)
+    assert isinstance(model.blocks[0].mlp.act, GELU)

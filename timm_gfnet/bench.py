@@ -91,12 +91,14 @@ def interleaved_throughput(
             continue
         t = _timed(fn, 1, device)
         iters[name] = max(1, int(sample_s / max(t, 1e-6)))
+    names = list(iters)
     for r in range(repeats):
         if progress and len(iters) > 1:
             progress(f'  round {r + 1}/{repeats}')
-        for name, fn in fns.items():
-            if name in iters:
-                samples.setdefault(name, []).append(batch / _timed(fn, iters[name], device))
+        # each round starts with the next contender: none always runs right after the same other one (whose freed
+        # memory it would re-fault, whose caches it would find cold)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples.setdefault(name, []).append(batch / _timed(fns[name], iters[name], device))
     return samples
 
 
@@ -154,6 +156,12 @@ def state_bytes(model: nn.Module) -> int:
     return n
 
 
+def _clear_filter_caches(model: nn.Module) -> None:
+    for m in model.modules():  # the resampled filters of other sizes
+        if isinstance(m, GlobalFilter):
+            m._cache.clear()
+
+
 def _batch_for(size: int, batch_224: int) -> int:
     # about the same number of pixels per batch at every size
     return max(1, round(batch_224 * (224 / size) ** 2))
@@ -170,9 +178,15 @@ def _label(model_name: str, backend: str) -> str:
     return f'{model_name} ({"ours" if backend == OURS else "reference fft"})'
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or 'out of memory' in str(e).lower() or \
-        'not enough memory' in str(e).lower()
+def _unless_oom(fn: Callable[..., Any], *args) -> Any:
+    """fn(*args), or None when it runs out of memory (the table says so; other sizes go on)."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        if isinstance(e, torch.OutOfMemoryError) or 'out of memory' in str(e).lower() or \
+                'not enough memory' in str(e).lower():
+            return None
+        raise
 
 
 @dataclass
@@ -183,7 +197,8 @@ class Row:
     batch: int
     infer: List[float] = field(default_factory=list)
     train: List[float] = field(default_factory=list)
-    peak_bytes: Optional[int] = None
+    peak_bytes: Optional[int] = None  # the model's state plus the activations' peak
+    state_bytes: Optional[int] = None
     note: str = ''
 
     @property
@@ -243,37 +258,29 @@ def resolution_suite(
         contenders = {_label(model_name, OURS): (gf, OURS), _label(model_name, REF): (gf, REF)}
         contenders.update({b: (m, None) for b, m in others.items()})
         size_rows = {name: Row('resolution', name, size, batch) for name in contenders}
+        _clear_filter_caches(gf)  # memory at this size as if it were the only one run
+        args = (batch, repeats, device, sample_s, max_call_s, progress)
         progress(f'{size}x{size}, batch {batch}: inference')
-        try:
-            samples = interleaved_throughput(
-                {n: _infer_fn(m, x, b) for n, (m, b) in contenders.items()}, batch, repeats, device, sample_s,
-                max_call_s, progress)
-            for n, s in samples.items():
-                size_rows[n].infer = s
-                if len(s) == 1 and repeats > 1:
-                    size_rows[n].note = 'one run (slow)'
-            progress(f'{size}x{size}: peak memory')
-            for n, (m, b) in contenders.items():
-                fn = _infer_fn(m, x, b)
-                size_rows[n].peak_bytes = state_bytes(m) + peak_memory_bytes(fn, device)
-        except RuntimeError as e:
-            if not _is_oom(e):
-                raise
-            for r in size_rows.values():
-                r.note = 'out of memory'
+        infer = _unless_oom(interleaved_throughput, {n: _infer_fn(m, x, b) for n, (m, b) in contenders.items()}, *args)
+        for n, s in (infer or {}).items():
+            size_rows[n].infer = s
+            if len(s) == 1 and repeats > 1:
+                size_rows[n].note = 'one run (slow)'
+        progress(f'{size}x{size}: peak memory')
+        for n, (m, b) in contenders.items():
+            peak = _unless_oom(peak_memory_bytes, _infer_fn(m, x, b), device)
+            size_rows[n].state_bytes = state_bytes(m)
+            size_rows[n].peak_bytes = None if peak is None else size_rows[n].state_bytes + peak
         if size <= train_max_size:
             progress(f'{size}x{size}: training step')
-            try:
-                samples = interleaved_throughput(
-                    {n: _train_fn(m, x, b) for n, (m, b) in contenders.items()}, batch, repeats, device, sample_s,
-                    max_call_s, progress)
-                for n, s in samples.items():
-                    size_rows[n].train = s
-            except RuntimeError as e:
-                if not _is_oom(e):
-                    raise
+            train = _unless_oom(interleaved_throughput, {n: _train_fn(m, x, b) for n, (m, b) in contenders.items()},
+                                *args)
+            for n, s in (train or {}).items():
+                size_rows[n].train = s
+        for r in size_rows.values():
+            if not r.infer:
+                r.note = 'out of memory'
         rows.extend(size_rows.values())
-        del x
     return rows
 
 
@@ -458,8 +465,12 @@ def run_bench(
     return out
 
 
-def _fmt(v: Optional[float], spec: str = '.1f') -> str:
+def _fmt(v: Optional[float], spec: str = '.3g') -> str:
     return '-' if v is None else format(v, spec)
+
+
+def _mib(n: Optional[int]) -> str:
+    return '-' if n is None else f'{n / 2 ** 20:.0f}'
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
@@ -493,9 +504,10 @@ def format_report(result: Dict[str, Any]) -> str:
                     f'{s}', f'{r.batch}', name, _fmt(r.infer_ips),
                     _ratio(ours.infer_ips, r.infer_ips) if r is not ours else '', _fmt(r.train_ips),
                     _ratio(ours.train_ips, r.train_ips) if r is not ours else '',
-                    _fmt(r.peak_bytes / 2 ** 20 if r.peak_bytes is not None else None, '.0f'), r.note))
+                    _mib(r.peak_bytes), _mib(r.state_bytes), r.note))
         parts.append('Resolution sweep (ours = default filter backend; "ours vs" = ours / that row):\n' + _table(
-            ('size', 'batch', 'model', 'infer img/s', 'ours vs', 'train img/s', 'ours vs', 'peak MiB', 'note'),
+            ('size', 'batch', 'model', 'infer img/s', 'ours vs', 'train img/s', 'ours vs', 'peak MiB', 'of it state',
+             'note'),
             table))
         if baseline_names:
             lines = []
@@ -515,14 +527,14 @@ def format_report(result: Dict[str, Any]) -> str:
         for v, s in keys:
             by = {r.model.rsplit(' (', 1)[1]: r for r in bk if r.model.startswith(v + ' (') and r.size == s}
             o, f = by['ours)'], by['reference fft)']
-            table.append((v, f'{s}', f'{o.batch}', _fmt(o.infer_ips, '.2f'), _fmt(f.infer_ips, '.2f'),
+            table.append((v, f'{s}', f'{o.batch}', _fmt(o.infer_ips), _fmt(f.infer_ips),
                           _ratio(o.infer_ips, f.infer_ips)))
         parts.append('Every variant, eager inference, ours vs the reference backend:\n' + _table(
             ('variant', 'size', 'batch', 'ours img/s', 'ref img/s', 'ours / ref'), table))
     cp = [r for r in rows if r.suite == 'compile']
     if cp:
         by = {r.model: r for r in cp}
-        table = [(r.model, f'{r.size}', f'{r.batch}', _fmt(r.infer_ips, '.2f')) for r in cp]
+        table = [(r.model, f'{r.size}', f'{r.batch}', _fmt(r.infer_ips)) for r in cp]
         text = _table(('model', 'size', 'batch', 'img/s'), table)
         names = list(by)
         eager_o, eager_r = by[names[0]], by[names[1]]
@@ -539,7 +551,7 @@ def format_report(result: Dict[str, Any]) -> str:
         o, f = amp
         info = result.get('amp', {})
         parts.append(f'{o.suite} autocast, {o.size}x{o.size}, batch {o.batch}:\n' + _table(
-            ('model', 'img/s'), [(r.model, _fmt(r.infer_ips, '.2f')) for r in amp])
+            ('model', 'img/s'), [(r.model, _fmt(r.infer_ips)) for r in amp])
             + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the '
               f"backends {info.get('max_abs_diff', math.nan):.2e} (logits up to {info.get('logit_scale', 0):.2f})")
     choices = result.get('auto_choices') or {}
