@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from timm_gfnet.bench import peak_memory_bytes
+from timm_gfnet.bench import matrix_share, peak_memory_bytes
 from timm_gfnet.cli import main
 
 torch.set_num_threads(1)
@@ -48,3 +48,12 @@ def test_bench_errors(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert main(['bench', '--no-progress', '--sizes', '64', *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_matrix_share_counts_linear_kernels_only():
+    lin = torch.nn.Linear(256, 256)
+    a, x = torch.randn(256, 256), torch.randn(512, 256)
+    with torch.inference_mode():
+        only_linear = matrix_share(lambda: lin(x), torch.device('cpu'))
+        no_linear = matrix_share(lambda: (a @ a).exp().sum(), torch.device('cpu'))  # a DFT-like matmul: no bias
+    assert 0.5 < only_linear <= 1.0 and no_linear == 0

@@ -205,16 +205,23 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _measure(x: torch.Tensor, weight: torch.Tensor, repeats: int = 3) -> str:
+def _measure(x: torch.Tensor, weight: torch.Tensor, repeats: int = 5, min_sample_s: float = 2e-3) -> str:
     x, weight = x.detach(), weight.detach()
-    times: Dict[str, float] = {}
     for fn in _BACKEND_FNS.values():
         fn(x, weight)  # warm-up: DFT matrices, FFT plans, allocator
+    _sync(x.device)
+    t = time.perf_counter()
+    global_filter_fft(x, weight)
+    _sync(x.device)
+    # small grids take microseconds: enough calls per sample that timer and scheduler noise do not decide
+    calls = max(1, math.ceil(min_sample_s / max(time.perf_counter() - t, 1e-7)))
+    times: Dict[str, float] = {}
     for _ in range(repeats):  # interleaved, best of: robust to a busy machine
         for name, fn in _BACKEND_FNS.items():
             _sync(x.device)
             t = time.perf_counter()
-            fn(x, weight)
+            for _ in range(calls):
+                fn(x, weight)
             _sync(x.device)
             times[name] = min(times.get(name, math.inf), time.perf_counter() - t)
     return 'matmul' if times['matmul'] < _AUTO_MARGIN * times['fft'] else 'fft'
