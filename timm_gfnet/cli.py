@@ -135,6 +135,13 @@ def _viz(args: argparse.Namespace) -> None:
     print(f'wrote {plot_filters(model, args.out, channels=args.channels, log=args.log)}: |filter| per layer ({what})')
 
 
+def _add_model_args(p: argparse.ArgumentParser, out_kind: str) -> None:
+    p.add_argument('--model', required=True, help='model name, e.g. gfnet_s')
+    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
+    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
+    p.add_argument('--out', required=True, help=f'{out_kind} file to write')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -172,10 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cards)
 
     p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
-    p.add_argument('--model', required=True, help='model name, e.g. gfnet_s')
-    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
-    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
-    p.add_argument('--out', required=True, help='ONNX file to write')
+    _add_model_args(p, 'ONNX')
     p.add_argument('--img-size', type=int, default=None, help='input size (default: the model\'s, 224)')
     p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
@@ -206,10 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser('viz', help='picture of the learned filters (magnitude spectra per layer)')
-    p.add_argument('--model', required=True, help='model name, e.g. gfnet_xs')
-    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
-    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
-    p.add_argument('--out', required=True, help='PNG file to write')
+    _add_model_args(p, 'PNG')
     p.add_argument('--channels', type=int, default=None, help='show this many single channels per layer')
     p.add_argument('--log', action='store_true', help='log magnitude')
     p.set_defaults(func=_viz)
