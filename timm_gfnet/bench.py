@@ -547,8 +547,9 @@ def format_report(result: Dict[str, Any]) -> str:
         info = result.get('amp', {})
         parts.append(f'{o.suite} autocast, {o.size}x{o.size}, batch {o.batch}:\n' + _table(
             ('model', 'img/s'), [(r.model, _fmt(r.infer_ips)) for r in amp])
-            + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the '
-              f"backends {info.get('max_abs_diff', math.nan):.2e} (logits up to {info.get('logit_scale', 0):.2f})")
+            + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the fft '
+              f"and matmul backends {info.get('max_abs_diff', math.nan):.2e} "
+              f"(logits up to {info.get('logit_scale', 0):.2f})")
     choices = result.get('auto_choices') or {}
     if choices:
         picked = {}
