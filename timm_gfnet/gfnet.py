@@ -40,6 +40,7 @@ from timm.models._features import feature_take_indices
 from .checkpoint import read_checkpoint, unwrap_state_dict
 from .download import resolve_pretrained_source
 from .global_filter import GlobalFilter, resample_filter
+from .published import PUBLISHED
 
 __all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn', 'checkpoint_arch', 'infer_variant']
 
@@ -693,13 +694,9 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    'gfnet_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1'),
-    'gfnet_xs.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e0ab5b1583954a1fa9b2/?dl=1'),
-    'gfnet_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e5561fa070c44d9399bf/?dl=1'),
-    'gfnet_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/2fbf264597af4d72afb3/?dl=1'),
-    'gfnet_h_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/b22dd45eccbe462cbbfb/?dl=1', pool_size=(7, 7)),
-    'gfnet_h_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1', pool_size=(7, 7)),
-    'gfnet_h_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1', pool_size=(7, 7)),
+    # the authors' direct download links; the hierarchical models pool a 7x7 grid
+    tag: _cfg(url=published['url'], pool_size=(7, 7) if tag.startswith('gfnet_h_') else (14, 14))
+    for tag, published in PUBLISHED.items()
 })
 
 
