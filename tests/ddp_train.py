@@ -4,7 +4,6 @@
 (`fully_shard`), and writes every rank's final weights to OUT/{mode}.rank{r}.safetensors; `train` without a shard is
 the single-process reference on the same global batches.
 """
-import inspect
 import sys
 from typing import Callable, Optional
 
@@ -12,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_gfnet import GFNet, GFNetPyramid, GlobalFilter
+from timm_gfnet import GFNet, GFNetPyramid
 
 STEPS = 4
 GLOBAL_BATCH = 8
-# the reference FFT backend where the filter has several: the comparison is then of data parallelism alone
-BACKEND = {'filter_backend': 'fft'} if 'filter_backend' in inspect.signature(GlobalFilter).parameters else {}
+# the reference FFT backend: the comparison is then of data parallelism alone
+BACKEND = {'filter_backend': 'fft'}
 
 
 def build(kind: str) -> nn.Module:

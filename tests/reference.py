@@ -75,3 +75,16 @@ def write_authors_checkpoint(variant: str, path: Path, ddp: bool = False) -> Pat
         'args': argparse.Namespace(model=variant.replace('_', '-'), lr=1e-3, drop_path=0.1),
     }, path)
     return path
+
+
+def write_fine_tuned_checkpoint(
+        variant: str, path: Path, num_classes: int = 10) -> Tuple[Path, Dict[str, torch.Tensor]]:
+    """An authors'-format file whose classifier has `num_classes` classes (what their transfer-learning script
+    writes); returns the path and the head's tensors, which every loader must keep exactly."""
+    import argparse
+    sd = authors_state_dict(variant)
+    g = torch.Generator().manual_seed(num_classes)
+    head = {'head.weight': torch.randn(num_classes, sd['head.weight'].shape[1], generator=g),
+            'head.bias': torch.randn(num_classes, generator=g)}
+    torch.save({'model': {**sd, **head}, 'epoch': 9, 'args': argparse.Namespace(nb_classes=num_classes)}, path)
+    return path, head

@@ -1,14 +1,17 @@
-"""Global filter backends: the DFT-as-matmul filter computes the authors' FFT filter; auto, autocast, torch.compile."""
+"""Global filter backends: the DFT-as-matmul filter computes the authors' FFT filter; the auto rule, benchmark,
+autocast, torch.compile."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from reference import MODEL_NAMES, authors_state_dict, input_batch
 from timm_gfnet.gfnet import checkpoint_filter_fn
 from timm_gfnet.global_filter import (
     GlobalFilter,
-    auto_backend_choices,
+    benchmark_choices,
+    clear_filter_caches,
     dft_matrices,
     global_filter,
     global_filter_fft,
@@ -96,25 +99,60 @@ def test_backends_agree_on_every_variant(name):
     torch.testing.assert_close(feat, ref_feat, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_runs_one_backend_and_remembers_it():
+def _ops(fn, *args) -> set:
+    """The counted aten ops fn(*args) runs (FlopCounterMode; the package registers formulas for the FFT ops)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return {str(op) for op in counter.get_flop_counts()['Global']}
+
+
+@pytest.mark.parametrize('amp', [None, torch.bfloat16], ids=['float32', 'bf16'])
+def test_auto_is_the_fft_in_eager_mode(amp):
+    """The fixed rule: eager `auto` computes exactly what `fft` does, under autocast too (no timing, no matmul)."""
     layer = GlobalFilter(16, (6, 10))
+    x = torch.randn(3, 6, 10, 16)
+    with torch.no_grad(), torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
+        out = layer(x)
+        assert torch.equal(out, global_filter_fft(x, layer.complex_weight))
+        assert _ops(layer, x) == {'aten._fft_r2c', 'aten._fft_c2r'}
+
+
+def test_auto_is_matmul_when_traced():
+    """jit tracing (as fvcore and the old ONNX exporter do) records the real-valued DFT, no FFT op."""
+    layer = GlobalFilter(8, (6, 10))
+    x = torch.randn(2, 6, 10, 8)
+    traced = torch.jit.trace(layer, (x,), check_trace=False)
+    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+    assert not {k for k in kinds if 'fft' in k} and 'aten::matmul' in kinds
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), global_filter_fft(x, layer.complex_weight), rtol=0, atol=1e-5)
+
+
+def test_benchmark_times_once_and_remembers_it():
+    clear_filter_caches()
+    layer = GlobalFilter(16, (6, 10), filter_backend='benchmark')
     x = torch.randn(3, 6, 10, 16)
     with torch.no_grad():
         out = layer(x)
-        picked = auto_backend_choices()[('cpu', torch.float32, None, 4, 6, 10, 16)]
-        assert picked in ('fft', 'matmul')
+        picked = benchmark_choices()[('cpu', torch.float32, None, 4, 'channels_last', (6, 10, 16))]
+        assert picked in ('fft', 'matmul') and len(benchmark_choices()) == 1
         # exactly what the picked backend computes, and the same choice next time
         assert torch.equal(out, global_filter(x, layer.complex_weight, picked))
-        assert torch.equal(layer(x), out)
+        assert torch.equal(layer(x), out) and len(benchmark_choices()) == 1
+    clear_filter_caches()
+    assert benchmark_choices() == {}
 
 
 def test_backend_errors():
-    with pytest.raises(ValueError, match="Unknown filter_backend 'cufft': use one of auto, fft, matmul"):
+    message = 'use one of auto, fft, matmul, benchmark'
+    with pytest.raises(ValueError, match=f"^Unknown filter_backend 'cufft': {message}.$"):
         GlobalFilter(8, filter_backend='cufft')
-    with pytest.raises(ValueError, match='use one of auto, fft, matmul'):
+    with pytest.raises(ValueError, match=message):
         timm.create_model('gfnet_ti', filter_backend='FFT')
-    with pytest.raises(ValueError, match='use one of auto, fft, matmul'):
+    with pytest.raises(ValueError, match=message):
         set_filter_backend(nn.Sequential(GlobalFilter(8)), 'dft')
+    with pytest.raises(ValueError, match=f"^Unknown filter backend 'auto ': {message}.$"):
+        global_filter(torch.randn(1, 2, 2, 1), torch.randn(2, 2, 1, 2), 'auto ')
 
 
 def test_checkpoints_do_not_depend_on_the_backend():
@@ -130,8 +168,9 @@ def test_checkpoints_do_not_depend_on_the_backend():
 
 
 AMP_DTYPES = [torch.bfloat16, torch.float16]
-# measured relative error of the logits against float32, see README "Performance": bounds with some margin
-AMP_TOLERANCE = {torch.bfloat16: 0.1, torch.float16: 0.02}
+# relative L2 error against float32, measured here (both backends, 7 variants x 2 seeds, and the layer alone):
+# bf16 at most 5.9e-3, fp16 at most 7.8e-4; the bounds are about 3x that
+AMP_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2.5e-3}
 
 
 @pytest.mark.parametrize('dtype', AMP_DTYPES, ids=['bf16', 'fp16'])
@@ -185,7 +224,7 @@ def test_matmul_runs_in_the_autocast_dtype(dtype):
             torch.matmul = orig
     assert seen and all(s == (dtype, dtype) for s in seen)
     assert out.dtype == x.dtype  # as the reference: the filter returns its input's dtype
-    assert ((out - ref).norm() / ref.norm()).item() < AMP_TOLERANCE[dtype] / 4
+    assert ((out - ref).norm() / ref.norm()).item() < AMP_TOLERANCE[dtype]
 
 
 def _fft_or_complex_nodes(graphs):

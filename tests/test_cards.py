@@ -10,6 +10,7 @@ import timm
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
+from timm.models import get_pretrained_cfg
 
 from reference import VARIANTS
 from timm_gfnet.cards import (
@@ -23,8 +24,8 @@ from timm_gfnet.cards import (
     generate_card,
 )
 from timm_gfnet.cli import main
+from timm_gfnet.flops import profile_model
 from timm_gfnet.global_filter import set_filter_backend
-from timm_gfnet.profile import profile_model
 
 CARDS = Path(__file__).resolve().parent.parent / 'model_cards'
 NAMES = card_names()
@@ -35,8 +36,13 @@ def _snippets(text: str) -> list:
     return re.findall(r'```python\n(.*?)```', text, flags=re.S)
 
 
-def test_published_table_is_the_reference_data():
-    assert PUBLISHED == {f"{k.replace('-', '_')}.in1k": v['published'] for k, v in VARIANTS.items()}
+def test_published_table_and_download_links_are_the_reference_data():
+    for k, v in VARIANTS.items():
+        name = f"{k.replace('-', '_')}.in1k"
+        published = dict(v['published'])
+        assert get_pretrained_cfg(name).url == published.pop('url')
+        assert PUBLISHED[name] == published
+    assert len(PUBLISHED) == len(VARIANTS)
 
 
 def test_one_card_per_pretrained_tag():
@@ -62,7 +68,7 @@ def test_card_metadata(name):
         ('image-classification', 'imagenet-1k', 'validation')}
     text = card.text
     assert f'# Model card for {name}' in text and f'```bibtex\n{CITATION}\n```' in text
-    assert ORIGINAL_REPO in text and PUBLISHED[name]['url'] in text and all(url in text for _, url in PAPERS)
+    assert ORIGINAL_REPO in text and get_pretrained_cfg(name).url in text and all(url in text for _, url in PAPERS)
     assert f"| {name} | {PUBLISHED[name]['top1']} | {PUBLISHED[name]['top5']} |" in text
     assert [s.split('\n')[-1] for s in re.findall(r'### .*?\n```python', text)] == ['```python'] * 3
     for code in _snippets(text):

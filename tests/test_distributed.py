@@ -24,7 +24,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def test_two_processes_equal_one(tmp_path):
-    """torchrun, 2 processes x 4 images == 1 process x 8 images after several SGD steps, within 1e-5: with
+    """torchrun, 2 processes x 4 images == 1 process x 8 images after several SGD steps, within 2e-7: with
     DistributedDataParallel, then FSDP2 (fully_shard per block), both on gloo."""
     # --standalone: a free rendezvous port on localhost, so parallel test workers never collide
     proc = subprocess.run(
@@ -42,7 +42,8 @@ def test_two_processes_equal_one(tmp_path):
     for mode in ('ddp', 'fsdp'):
         ranks = [load_file(str(tmp_path / f'{mode}.rank{r}.safetensors')) for r in range(2)]
         assert _max_diff(ranks[0], ranks[1]) == 0, mode  # replicas stay identical
-        assert _max_diff(ranks[0], single) < 1e-5, mode
+        # measured: 4.5e-8 for both (float32 reductions summed in another order)
+        assert _max_diff(ranks[0], single) < 2e-7, mode
 
 
 def _tiny(kind: str, **kwargs) -> torch.nn.Module:
@@ -70,7 +71,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind):
     checkpointed = _grads(model, x, y)
     assert sorted(plain) == sorted(checkpointed) and all(g.abs().sum() > 0 for g in plain.values())
     for n in plain:
-        torch.testing.assert_close(checkpointed[n], plain[n], rtol=1e-5, atol=1e-7, msg=n)
+        torch.testing.assert_close(checkpointed[n], plain[n], rtol=0, atol=0, msg=n)  # measured: bit-identical
     assert not torch.equal(_grads(model, x, y, seed=1)['blocks.0.mlp.fc1.weight' if kind == 'iso' else
                                                        'stages.1.blocks.1.mlp.fc1.weight'],
                            checkpointed['blocks.0.mlp.fc1.weight' if kind == 'iso' else
@@ -113,21 +114,22 @@ def test_dynamic_size_caches_stay_bounded():
             model(torch.randn(1, 3, h, w))
     assert len(sizes) == 72
     for layer in layers:
-        assert 0 < len(layer._cache) <= layer.cache_size
+        assert 0 < len(layer.cached_filters()) <= layer.cache_size
     for name, cache in module_caches.items():
         bound = getattr(gf, f'{name}_SIZE', None)
         assert bound is not None and len(cache) <= bound, (name, len(cache), bound)
 
 
-def test_auto_backend_choices_stay_bounded(monkeypatch):
-    """`auto` measures once per input shape and keeps the most recent choices only."""
+def test_benchmark_backend_choices_stay_bounded(monkeypatch):
+    """The opt-in `benchmark` backend times once per input shape and keeps the most recent choices only."""
     import timm_gfnet.global_filter as gf
-    monkeypatch.setattr(gf, '_AUTO_CACHE', gf.OrderedDict())
-    monkeypatch.setattr(gf, '_AUTO_CACHE_SIZE', 8)
-    model = _tiny('iso', dynamic_img_size=True, dynamic_img_pad=True).eval()
+    monkeypatch.setattr(gf, '_BENCHMARK_CHOICES', gf.OrderedDict())
+    monkeypatch.setattr(gf, '_BENCHMARK_CACHE_SIZE', 8)
+    model = _tiny('iso', dynamic_img_size=True, dynamic_img_pad=True, filter_backend='benchmark').eval()
     with torch.no_grad():
         for h in range(16, 16 * 40, 16):
             model(torch.randn(1, 3, h, 16))
-    choices = gf.auto_backend_choices()
+    choices = gf.benchmark_choices()
     assert len(choices) == 8
-    assert max(k[4] for k in choices) == 39  # the latest grid heights are the ones kept
+    # keys end with the filtered tensor's (H, W, C): the latest grid heights are the ones kept
+    assert sorted(k[-1][0] for k in choices) == list(range(32, 40))

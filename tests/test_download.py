@@ -1,6 +1,11 @@
 """`pretrained=True` through the real download path, against HTTP servers on 127.0.0.1 started by the tests."""
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -8,10 +13,11 @@ import pytest
 import timm
 import torch
 from http_server import FileServer
+from hub_server import HubServer
 from safetensors.torch import save_file
 
 from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
-from timm_gfnet.download import HUB_ORG_ENV, PretrainedUnavailableError
+from timm_gfnet.pretrained_sources import HUB_ORG_ENV, PretrainedUnavailableError
 
 torch.set_num_threads(1)
 
@@ -145,16 +151,14 @@ def test_error_page_is_not_cached(torch_home):
 
 
 def _hub_cache(cache_dir: Path, repo_id: str) -> None:
-    """Converted weights (our layout, safetensors) where the Hub cache keeps a downloaded repository."""
-    from timm_gfnet import checkpoint_filter_fn
-    model = timm.create_model('gfnet_ti')
+    """Converted weights (our layout, safetensors) where the Hub cache keeps a downloaded repository. gfnet_ti's
+    keys are the authors' own, so the recipe weights are written as they are (not through our converter)."""
     repo = cache_dir / f'models--{repo_id.replace("/", "--")}'
     commit = 'a' * 40
     (repo / 'refs').mkdir(parents=True)
     (repo / 'refs' / 'main').write_text(commit)
     (repo / 'snapshots' / commit).mkdir(parents=True)
-    converted = checkpoint_filter_fn(authors_state_dict('gfnet_ti'), model)
-    save_file(converted, str(repo / 'snapshots' / commit / 'model.safetensors'))
+    save_file(authors_state_dict('gfnet_ti'), str(repo / 'snapshots' / commit / 'model.safetensors'))
 
 
 @pytest.mark.parametrize('how', ['env', 'cfg'])
@@ -175,7 +179,7 @@ def test_hub_takes_precedence(tmp_path, torch_home, authors_file, monkeypatch, h
     _assert_authors_outputs(model)
 
 
-def test_hub_missing_falls_back_to_authors_link(torch_home, authors_file, monkeypatch, caplog):
+def test_hub_offline_falls_back_to_authors_link(torch_home, authors_file, monkeypatch, caplog):
     monkeypatch.setenv(HUB_ORG_ENV, 'someorg')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # the Hub is out of reach, the link not
     with FileServer({LINK: (200, authors_file)}) as server, caplog.at_level(logging.WARNING):
@@ -183,3 +187,32 @@ def test_hub_missing_falls_back_to_authors_link(torch_home, authors_file, monkey
         assert len(server.requests) == 1
     assert "someorg/gfnet_ti.in1k" in caplog.text and "Using the authors' release instead." in caplog.text
     _assert_authors_outputs(model)
+
+
+def test_hub_404_falls_back_to_authors_link(tmp_path, authors_file):
+    """Documented: a Hub repository that does not exist (yet) falls back to the authors' link with a warning. A
+    Hub look-alike answers 404 (RepoNotFound) as the Hub does; the real client runs in a fresh interpreter (it reads
+    HF_ENDPOINT when imported) and the model it builds gives the authors' reference outputs."""
+    code = textwrap.dedent("""
+        import json, sys, timm, torch
+        from reference import expected, input_batch
+        model = timm.create_model('gfnet_ti', pretrained=True,
+                                  pretrained_cfg_overlay=dict(url=sys.argv[1])).eval()
+        with torch.no_grad():
+            diff = (model(input_batch()) - expected()['gfnet_ti.logits']).abs().max().item()
+        print(json.dumps(diff))
+    """)
+    with HubServer({}) as hub, FileServer({LINK: (200, authors_file)}) as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_'))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / 'hf'), TORCH_HOME=str(tmp_path / 'torch'),
+                   PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get('PYTHONPATH', '')]),
+                   **{HUB_ORG_ENV: 'someorg'})
+        proc = subprocess.run([sys.executable, '-c', code, server.url(LINK + '?dl=1')], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        asked = [path for _, path in hub.requests]
+        assert len(server.requests) == 1
+    assert '/someorg/gfnet_ti.in1k/resolve/main/model.safetensors' in asked, asked  # asked the Hub first
+    warning = [line for line in proc.stderr.splitlines() if "Using the authors' release instead." in line]
+    assert len(warning) == 1 and 'someorg/gfnet_ti.in1k' in warning[0] and '404' in warning[0], proc.stderr
+    assert json.loads(proc.stdout) < 1e-4  # the authors' outputs (test_pretrained's tolerance)

@@ -12,12 +12,9 @@ import torch
 from hub_server import HubServer
 from safetensors.torch import load as load_safetensors
 from timm.data import ImageNetInfo
-from timm.models import save_for_hf
 
-from reference import input_batch, write_authors_checkpoint
+from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint, write_fine_tuned_checkpoint
 from timm_gfnet.cards import generate_card
-from timm_gfnet.global_filter import set_filter_backend
-from timm_gfnet.hub import load_weights
 
 TOKEN = 'hf_alice_write'
 ORG = 'gfnet-org'
@@ -50,7 +47,7 @@ def _push(*args: str, endpoint: str, tmp: Path, **env: str) -> subprocess.Comple
         env=_env(tmp, endpoint, HF_HUB_DISABLE_XET='1', **env), capture_output=True, text=True, timeout=300)
 
 
-def test_push_then_plain_timm_loads_it(hub, checkpoint, tmp_path):
+def test_push_then_plain_timm_and_transformers_load_it(hub, checkpoint, tmp_path):
     """The round trip in one test (one push, whichever xdist worker runs it): what is uploaded, then loading."""
     pushed = _push(str(checkpoint), REPO, endpoint=hub.endpoint, tmp=tmp_path / 'push', HF_TOKEN=TOKEN)
     assert pushed.returncode == 0, pushed.stderr
@@ -61,51 +58,61 @@ def test_push_then_plain_timm_loads_it(hub, checkpoint, tmp_path):
 
     config = json.loads(files['config.json'])
     assert (config['architecture'], config['num_classes'], config['num_features']) == ('gfnet_ti', 1000, 256)
-    assert config['label_names'] == ImageNetInfo().label_names()
-    assert config['label_descriptions']['n01440764'] == 'tench, Tinca tinca'
+    # the registered architecture as it is: nothing in model_args (transformers passes num_classes itself), and no
+    # stored synsets (both clients infer ImageNet-1k from the 1000 classes)
+    assert 'model_args' not in config and 'label_names' not in config
     cfg = config['pretrained_cfg']
     assert (cfg['tag'], cfg['custom_load'], cfg['input_size'], cfg['license']) == ('in1k', False, [3, 224, 224], 'mit')
 
+    # the authors' weights, exactly (isotropic models keep the authors' key names)
     weights = load_safetensors(files['model.safetensors'])
-    source = load_weights(checkpoint).state_dict()
+    source = authors_state_dict('gfnet_ti')
     assert sorted(weights) == sorted(source) and all(torch.equal(weights[k], v) for k, v in source.items())
 
     card = files['README.md'].decode()
-    assert card == str(generate_card('gfnet_ti.in1k', repo_id=REPO, model_args=config['model_args']))
+    assert card == str(generate_card('gfnet_ti.in1k', repo_id=REPO, model_args={'num_classes': 1000}))
     assert f"timm.create_model('hf-hub:{REPO}', pretrained=True)" in card and 'value: 74.6' in card
 
     # huggingface_hub's upload progress bar, then where the model is and how to load it
     assert 'model.safetensors: 100%' in pushed.stderr
     assert f"load it with timm.create_model('hf-hub:{REPO}', pretrained=True)" in pushed.stdout
 
-    _check_plain_timm_loads(hub, checkpoint, tmp_path / 'load')
+    _check_clients_load(hub, tmp_path / 'load')
 
 
 LOAD = r'''
+import os
 import sys
 import timm
 import torch
 from huggingface_hub import snapshot_download
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
 
-torch.set_num_threads(1)
 repo_id, x_file, out_file, local_dir = sys.argv[1:]
 x = torch.load(x_file)
-# the FFT filters, as in the test: a backend picked by timing could differ between the two processes
-hub_model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, filter_backend='fft').eval()
+hub_model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
 local = snapshot_download(repo_id, local_dir=local_dir)
-local_model = timm.create_model(f'local-dir:{local}', pretrained=True, filter_backend='fft').eval()
-out = {'files': sorted(__import__('os').listdir(local))}
-for key, model in (('hf-hub', hub_model), ('local-dir', local_model)):
-    with torch.no_grad():
-        out[key] = model(x)
-    out[key + ' weights'] = model.state_dict()
+local_model = timm.create_model(f'local-dir:{local}', pretrained=True).eval()
+hf_model = AutoModelForImageClassification.from_pretrained(repo_id).eval()
+out = {'files': sorted(os.listdir(local))}
+with torch.no_grad():
+    out['hf-hub'], out['local-dir'] = hub_model(x), local_model(x)
+    out['transformers'] = hf_model(pixel_values=x).logits
+# an image through transformers' pipeline (its own preprocessing), and through timm's transform
+image = Image.fromarray((x[0].permute(1, 2, 0).clamp(-2, 2) * 60 + 128).to(torch.uint8).numpy())
+out['pipeline'] = pipeline('image-classification', model=repo_id)(image, top_k=3)
+transform = timm.data.create_transform(**timm.data.resolve_model_data_config(hub_model))
+with torch.no_grad():
+    out['timm top3'] = hub_model(transform(image).unsqueeze(0))[0].topk(3).indices.tolist()
 torch.save(out, out_file)
 '''
 
 
-def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) -> None:
-    """A fresh interpreter that never imports timm_gfnet itself: `hf-hub:` downloads from the server, and
-    `local-dir:` loads a snapshot of the repo; both give exactly the pushed model's weights and outputs."""
+def _check_clients_load(hub: HubServer, tmp_path: Path) -> None:
+    """A fresh interpreter that never imports timm_gfnet itself: timm through `hf-hub:` (downloaded from the server)
+    and `local-dir:` (a snapshot of the repo), and transformers' `from_pretrained` and image-classification pipeline,
+    all give the authors' outputs (reference data) and ImageNet class names."""
     tmp_path.mkdir()
     x = input_batch()
     torch.save(x, tmp_path / 'x.pt')
@@ -113,21 +120,12 @@ def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) ->
         [sys.executable, '-c', LOAD, REPO, str(tmp_path / 'x.pt'), str(tmp_path / 'out.pt'), str(tmp_path / 'snap')],
         env=_env(tmp_path, hub.endpoint), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same reduction order as the subprocess: outputs can be compared exactly
-    try:
-        source = set_filter_backend(load_weights(checkpoint), 'fft').eval()
-        with torch.no_grad():
-            expected = source(x)
-    finally:
-        torch.set_num_threads(threads)
-    out = torch.load(tmp_path / 'out.pt')
-    for key in ('hf-hub', 'local-dir'):
-        weights = out[f'{key} weights']
-        assert sorted(weights) == sorted(source.state_dict()), key
-        assert all(torch.equal(weights[k], v) for k, v in source.state_dict().items()), key
-        assert torch.equal(out[key], expected), key
+    out = torch.load(tmp_path / 'out.pt', weights_only=False)
+    reference = expected()['gfnet_ti.logits']
+    for key in ('hf-hub', 'local-dir', 'transformers'):
+        assert (out[key] - reference).abs().max() < 1e-4, key  # an exact port agrees to about 1e-5
+    info = ImageNetInfo()
+    assert [r['label'] for r in out['pipeline']] == [info.index_to_description(i) for i in out['timm top3']]
     assert {'config.json', 'model.safetensors', 'README.md'} <= set(out['files'])
     # the weights were downloaded from the server, through the redirect to its storage origin
     assert ('HEAD', f'/{REPO}/resolve/main/model.safetensors') in hub.requests
@@ -135,10 +133,13 @@ def _check_plain_timm_loads(hub: HubServer, checkpoint: Path, tmp_path: Path) ->
     assert ('GET', f'cdn:/{oid}') in hub.requests
 
 
-def test_push_folder_to_private_branch_with_own_card(hub, checkpoint, tmp_path):
-    """A `local-dir:` folder (as `timm-gfnet convert` writes it), a new private repo, another branch, a given card."""
+def test_push_fine_tuned_folder_to_private_branch_with_own_card(hub, tmp_path):
+    """A folder from `timm-gfnet convert` of a 10-class fine-tuned checkpoint, a new private repo, another branch,
+    a given card: the head is uploaded exactly as it was fine-tuned."""
+    ckpt, head = write_fine_tuned_checkpoint('gfnet_ti', tmp_path / 'ft10.pth', num_classes=10)
     folder = tmp_path / 'converted'
-    save_for_hf(load_weights(checkpoint), str(folder), safe_serialization=True)
+    assert subprocess.run([sys.executable, '-m', 'timm_gfnet.cli', 'convert', str(ckpt), '--out', str(folder)],
+                          capture_output=True).returncode == 0
     card = tmp_path / 'card.md'
     card.write_text('---\nlicense: mit\nlibrary_name: timm\n---\n# My GFNet\n')
     repo = 'alice/gfnet_ti.experiment'
@@ -149,8 +150,9 @@ def test_push_folder_to_private_branch_with_own_card(hub, checkpoint, tmp_path):
     files = hub.files(repo, 'dev')
     assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']
     assert files['README.md'].decode() == card.read_text()
-    assert len(json.loads(files['config.json'])['label_names']) == 1000  # added for ImageNet-1k weights
-    assert files['model.safetensors'] == (folder / 'model.safetensors').read_bytes()
+    assert json.loads(files['config.json'])['num_classes'] == 10
+    weights = load_safetensors(files['model.safetensors'])
+    assert all(torch.equal(weights[k], v) for k, v in head.items())
 
 
 def _closed_port() -> int:

@@ -2,13 +2,12 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import timm
 import torch
 
-from reference import input_batch, write_authors_checkpoint
+from reference import authors_state_dict, input_batch, write_authors_checkpoint
 from timm_gfnet.cli import main
-from timm_gfnet.onnx_export import check_onnx, create_for_export, export_onnx
+from timm_gfnet.onnx_export import check_onnx, export_onnx
 
 torch.set_num_threads(1)
 
@@ -50,7 +49,7 @@ def test_export_cli_hierarchical(tmp_path, capsys):
 
 def test_export_hierarchical_other_size(tmp_path):
     """The hierarchical family (one block per stage, the variant's widths) at a size the model was created for."""
-    model = create_for_export('gfnet_h_ti', depth=(1, 1, 1, 1), img_size=160)
+    model = timm.create_model('gfnet_h_ti', depth=(1, 1, 1, 1), img_size=160).eval()
     path = export_onnx(model, tmp_path / 'h.onnx')
     _assert_portable(path)
     info = check_onnx(model, path, batch_sizes=(1, 4))
@@ -60,10 +59,28 @@ def test_export_hierarchical_other_size(tmp_path):
         np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=0, atol=1e-4)
 
 
-def test_export_refuses_a_size_the_model_does_not_take(tmp_path):
-    model = create_for_export('gfnet_ti', depth=1)
-    with pytest.raises(ValueError, match='created for 224x224 images, not 160x160: create it with img_size=160'):
-        export_onnx(model, tmp_path / 'x.onnx', img_size=160)
+def test_export_cli_img_size_resamples_the_checkpoint(tmp_path, capsys):
+    """--img-size: the model is created at that size and the checkpoint's filters and pos_embed resampled on load
+    (bicubic, as the authors fine-tune at 384), then exported at that size."""
+    ckpt = write_authors_checkpoint('gfnet_ti', tmp_path / 'ti.pth')
+    out = tmp_path / 'ti256.onnx'
+    assert main(['export-onnx', '--checkpoint', str(ckpt), '--img-size', '256', '--out', str(out)]) == 0
+    assert 'input "input" (batch, 3, 256, 256)' in capsys.readouterr().out
+    assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 256, 256]
+    # the reference: resampled here from the raw tensors with the authors' modes, not by our loader
+    sd = authors_state_dict('gfnet_ti')
+    pos = sd['pos_embed'].reshape(1, 14, 14, 256).permute(0, 3, 1, 2)
+    pos = torch.nn.functional.interpolate(pos, size=(16, 16), mode='bicubic', align_corners=False)
+    sd['pos_embed'] = pos.permute(0, 2, 3, 1).reshape(1, 256, 256)
+    for k in [k for k in sd if k.endswith('complex_weight')]:
+        w = sd[k].reshape(1, 14, 8, 512).permute(0, 3, 1, 2)
+        w = torch.nn.functional.interpolate(w, size=(16, 9), mode='bicubic', align_corners=True)
+        sd[k] = w.permute(0, 2, 3, 1).reshape(16, 9, 256, 2)
+    model = timm.create_model('gfnet_ti', img_size=256).eval()
+    model.load_state_dict(sd)
+    x = torch.randn(3, 3, 256, 256)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(out, x), model(x).numpy(), rtol=0, atol=1e-4)
 
 
 def test_export_cli_errors(tmp_path, capsys):
@@ -71,4 +88,4 @@ def test_export_cli_errors(tmp_path, capsys):
     assert "Unknown model 'gfnet_nope'" in capsys.readouterr().err
     assert main(['export-onnx', '--model', 'gfnet_ti', '--checkpoint', str(tmp_path / 'missing.pth'),
                  '--out', str(tmp_path / 'x.onnx')]) == 1
-    assert 'missing.pth does not exist' in capsys.readouterr().err
+    assert 'No checkpoint file or folder at' in capsys.readouterr().err

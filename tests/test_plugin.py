@@ -1,4 +1,8 @@
-"""Entry-point autoload: GFNet is part of timm in a fresh interpreter, with no import of timm_gfnet."""
+"""Entry-point autoload: GFNet is part of timm in a fresh interpreter, with no import of timm_gfnet.
+
+CI runs this file twice: in the development install (editable), and against a wheel built from the checkout and
+installed into a virtual environment of its own, from a directory where the source tree is not importable
+(`TIMM_GFNET_EXPECT_INSTALL=wheel`, see .ci/run): the install users get."""
 import json
 import os
 import subprocess
@@ -14,6 +18,34 @@ def _run(code: str, env: dict = None, check: bool = True) -> subprocess.Complete
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def test_installed_bootstrap():
+    """The bootstrap is installed at the root of site-packages (the .pth and its module), the entry point is declared,
+    and with TIMM_GFNET_EXPECT_INSTALL=wheel the package is a regular install, imported from site-packages."""
+    out = _run("""
+        import json, sys, sysconfig
+        from importlib.metadata import distribution
+        import _timm_gfnet_autoload, timm_gfnet
+        dist = distribution('timm-gfnet')
+        direct = json.loads(dist.read_text('direct_url.json') or '{}')
+        print(json.dumps(dict(
+            editable=direct.get('dir_info', {}).get('editable', False),
+            files=[str(f) for f in dist.files or []],
+            entry_points=[(e.group, e.name, e.value) for e in dist.entry_points],
+            package=timm_gfnet.__file__, bootstrap=_timm_gfnet_autoload.__file__,
+            purelib=sysconfig.get_paths()['purelib'])))
+    """).stdout
+    info = json.loads(out)
+    assert {'timm_gfnet_autoload.pth', '_timm_gfnet_autoload.py'} <= set(info['files'])
+    assert ['timm.models', 'gfnet', 'timm_gfnet.gfnet'] in info['entry_points']
+    assert os.path.dirname(info['bootstrap']) == info['purelib']
+    expected = os.environ.get('TIMM_GFNET_EXPECT_INSTALL')
+    if expected == 'wheel':
+        assert not info['editable'] and info['package'].startswith(info['purelib'] + os.sep), info
+        assert 'timm_gfnet/gfnet.py' in info['files']
+    elif expected == 'editable':
+        assert info['editable'], info
 
 
 def test_interpreter_start_stays_light():

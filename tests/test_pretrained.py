@@ -23,8 +23,10 @@ def test_parity_with_authors(name, tmp_path, reference_outputs):
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model(x)
-    torch.testing.assert_close(logits, reference_outputs[f'{name}.logits'], rtol=0, atol=1e-4)
-    torch.testing.assert_close(pre_logits, reference_outputs[f'{name}.pre_logits'], rtol=0, atol=1e-4)
+    # measured here: equal to the last bit; the contract is 1e-4, and a LayerNorm eps of 1e-5 instead of the
+    # authors' 1e-6 moves the logits by 3e-5: a few float32 ulps of the logits' scale (~2) is the bound that bites
+    torch.testing.assert_close(logits, reference_outputs[f'{name}.logits'], rtol=0, atol=2e-6)
+    torch.testing.assert_close(pre_logits, reference_outputs[f'{name}.pre_logits'], rtol=0, atol=2e-6)
 
 
 def test_pretrained_adapts_classes_and_channels(tmp_path):

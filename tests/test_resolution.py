@@ -1,11 +1,13 @@
 """Any resolution: resampling at creation (the authors' fine-tuning recipe) and dynamic sizes at run time."""
+from typing import List, Tuple
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 
-from reference import authors_state_dict, input_batch, write_authors_checkpoint
-from timm_gfnet import resample_filter
+from reference import VARIANTS, authors_state_dict, input_batch, write_authors_checkpoint
+from timm_gfnet import GlobalFilter, resample_filter
 
 torch.set_num_threads(1)
 
@@ -30,19 +32,50 @@ def test_resample_filter_follows_authors_recipe():
     torch.testing.assert_close(out[-1, -1], w[-1, -1])
 
 
+def _authors_filter(w: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
+    """The authors' recipe on the raw (h, w // 2 + 1, C, 2) tensor: real and imaginary parts as channels,
+    align_corners=True (bicubic when fine-tuning at another size, bilinear for dense prediction)."""
+    h, wf, c, _ = w.shape
+    x = w.reshape(1, h, wf, 2 * c).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=size, mode=mode, align_corners=True)
+    return x.permute(0, 2, 3, 1).reshape(*size, c, 2)
+
+
+def _authors_pos_embed(pos: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """(1, N, C) tokens on an old grid -> the new grid: bicubic, align_corners=False, no antialiasing."""
+    x = pos.reshape(1, *old, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=new, mode='bicubic', align_corners=False, antialias=False)
+    return x.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1)
+
+
+def _grids(name: str, h: int, w: int) -> List[Tuple[int, int]]:
+    """Token grid of every block, in block order, from the authors' constructor arguments: the patch grid, and for
+    the hierarchical models each further stage at half the size of the one before."""
+    args = VARIANTS[name.replace('_', '-')]['constructor']
+    depths = args['depth'] if isinstance(args['depth'], list) else [args['depth']]
+    p = args['patch_size']
+    return [(h // (p * 2 ** i), w // (p * 2 ** i)) for i, d in enumerate(depths) for _ in range(d)]
+
+
 @pytest.mark.parametrize('name,size', [('gfnet_ti', 384), ('gfnet_ti', (224, 320)), ('gfnet_h_ti', 288)])
 def test_pretrained_at_another_size(name, size, checkpoints):
+    """Fine-tuning at another size: pos_embed and every filter equal the authors' recipe applied to the raw
+    checkpoint tensors (computed here with torch's interpolate, not with the package's resampling code)."""
     model = timm.create_model(
         name, pretrained=True, img_size=size, pretrained_cfg_overlay=dict(file=checkpoints[name])).eval()
     h, w = (size, size) if isinstance(size, int) else size
     patch = 16 if name == 'gfnet_ti' else 4
-    assert model.pos_embed.shape[1] == (h // patch) * (w // patch)
-    first = model.blocks[0] if name == 'gfnet_ti' else model.stages[0].blocks[0]
-    assert first.filter.complex_weight.shape[:2] == (h // patch, (w // patch) // 2 + 1)
     src = authors_state_dict(name)
-    src_pos = src['pos_embed'].reshape(1, 224 // patch, 224 // patch, -1).permute(0, 3, 1, 2)
-    pos = F.interpolate(src_pos, size=(h // patch, w // patch), mode='bicubic', align_corners=False)
-    torch.testing.assert_close(model.pos_embed, pos.permute(0, 2, 3, 1).reshape(1, -1, src_pos.shape[1]))
+    torch.testing.assert_close(
+        model.pos_embed, _authors_pos_embed(src['pos_embed'], (224 // patch, 224 // patch), (h // patch, w // patch)),
+        rtol=0, atol=1e-6)  # measured: bit-identical
+    ours = [m.complex_weight for m in model.modules() if isinstance(m, GlobalFilter)]
+    theirs = [v for k, v in src.items() if k.endswith('filter.complex_weight')]  # the authors' block order
+    grids = _grids(name, h, w)
+    assert len(ours) == len(theirs) == len(grids)
+    for i, (a, b, (gh, gw)) in enumerate(zip(ours, theirs, grids)):
+        expected = _authors_filter(b, (gh, gw // 2 + 1), 'bicubic')
+        torch.testing.assert_close(a, expected, rtol=0, atol=1e-6, msg=lambda m, i=i: f'filter {i}: {m}')
     with torch.no_grad():
         out = model(torch.randn(1, 3, h, w))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
@@ -82,6 +115,46 @@ def test_dynamic_size(name, checkpoints):
     assert features.shape[1:3] == (-(-100 // stride), -(-333 // stride))
 
 
+TINY = {
+    'gfnet_ti': dict(depth=2, embed_dim=32),
+    'gfnet_h_ti': dict(depth=(1, 1, 1, 1), embed_dim=(8, 16, 16, 32)),
+}
+
+
+@pytest.mark.parametrize('size', [(160, 96), (96, 288), (64, 64)])
+@pytest.mark.parametrize('name', list(TINY))
+def test_dynamic_size_is_the_authors_dense_recipe(name, size):
+    """A dynamic-size model at another size computes what a fixed-size model of that size computes with the
+    filters resampled bilinearly (align_corners=True) and pos_embed bicubically, as the authors do for dense
+    prediction; the expected weights are computed here from the raw tensors with torch's interpolate."""
+    torch.manual_seed(0)
+    base = timm.create_model(name, img_size=128, dynamic_img_size=True, filter_backend='fft', **TINY[name]).eval()
+    with torch.no_grad():
+        for m in base.modules():
+            if isinstance(m, GlobalFilter):
+                m.complex_weight.normal_()  # O(1) filters: a wrong resampling shows in the outputs
+    sized = timm.create_model(name, img_size=size, filter_backend='fft', **TINY[name]).eval()
+    patch = 16 if name == 'gfnet_ti' else 4
+    state = base.state_dict()
+    grid = (size[0] // patch, size[1] // patch)
+    state['pos_embed'] = _authors_pos_embed(state['pos_embed'], (128 // patch,) * 2, grid)
+    for k, m in sized.named_modules():
+        if isinstance(m, GlobalFilter):
+            state[f'{k}.complex_weight'] = _authors_filter(state[f'{k}.complex_weight'], m.complex_weight.shape[:2],
+                                                           'bilinear')
+    sized.load_state_dict(state)
+    x = torch.randn(2, 3, *size)
+    # features (normalised, O(1)), not logits (a small random head would hide differences); measured: bit-identical
+    with torch.no_grad():
+        expected = sized.forward_features(x)
+        torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)  # from the cached filters
+    base.train()
+    sized.train()
+    # training resamples inside the autograd graph
+    torch.testing.assert_close(base.forward_features(x), sized.forward_features(x), rtol=0, atol=1e-6)
+
+
 def test_fixed_size_model_refuses_other_sizes():
     model = timm.create_model('gfnet_ti')
     with pytest.raises(ValueError, match=r'created for 224x224 images and got 256x224'):
@@ -94,7 +167,7 @@ def test_dynamic_filter_cache_is_bounded():
     with torch.no_grad():
         for side in range(64, 64 + 16 * 20, 16):
             model(torch.randn(1, 3, side, side))
-    assert 0 < len(layer._cache) <= layer.cache_size
+    assert 0 < len(layer.cached_filters()) <= layer.cache_size
     # training resamples inside the autograd graph: nothing cached, gradients reach the stored filter
     model.train()
     model(torch.randn(1, 3, 96, 96)).sum().backward()

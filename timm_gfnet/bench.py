@@ -3,23 +3,27 @@
 Every comparison is a ratio of medians over interleaved repeats (each repeat times every contender once, in turn),
 so slow drifts of a shared machine hit both sides alike. Suites:
 
-* resolution: our default filter backend vs the reference (`fft`) backend on the same weights, and timm ViTs
-  (deit_small / vit_small) at the same input sizes: inference images/s, peak memory, a training step.
-* backends: ours vs the reference, eager, for every variant and size (the no-regression check).
+* resolution: our default filter backend (`auto`) vs the reference (`fft`) backend on the same weights (and any
+  other backends asked for), and timm ViTs (deit_small / vit_small) at the same input sizes: inference images/s,
+  peak memory, a training step.
+* backends: ours vs the reference and `matmul`, eager, for every variant and size (the no-regression check).
 * compile: torch.compile of ours vs the reference compiled the same way, and how much of the time the linear and
   conv layers take (the matrix work no filter can remove) in eager and compiled mode.
-* amp: ours vs the reference under bf16 (or fp16) autocast.
+* amp: ours vs the reference and `matmul` under bf16 (or fp16) autocast.
 
-Peak memory is the model's own state (parameters, buffers, cached resampled filters) plus the highest amount of
-memory allocated above that during one inference forward (CUDA: the caching allocator's statistics; CPU: the
-allocation events of the PyTorch profiler). The input batch is not counted.
+Peak memory is the model's own state (parameters and buffers, plus what a forward leaves allocated: the resampled
+filters and DFT matrices it caches) plus the highest amount of memory allocated above that during one inference
+forward (CUDA: the caching allocator's statistics; CPU: the allocation events that the PyTorch profiler records
+with `profile_memory=True`, read from its exported trace). The input batch is not counted. Public torch APIs only.
 """
 import contextlib
 import copy
+import json
 import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,12 +32,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .global_filter import GlobalFilter, auto_backend_choices, set_filter_backend
+from .global_filter import benchmark_choices, clear_filter_caches, set_filter_backend
 
-__all__ = ['run_bench', 'SUITES', 'QUICK', 'format_report', 'plot_resolution']
+__all__ = ['run_bench', 'SUITES', 'QUICK', 'format_report', 'plot_resolution', 'memory_use', 'peak_memory_bytes']
 
 SUITES = ('resolution', 'backends', 'compile', 'amp')
-OURS, REF = 'auto', 'fft'
+OURS, REF = 'auto', 'fft'  # our default backend, and the authors' formulation
+# how each backend is named in the tables
+LABELS = {OURS: 'ours', REF: 'reference fft', 'matmul': 'matmul', 'benchmark': 'benchmark'}
 DEFAULT_BASELINES = ('deit_small_patch16_224',)
 QUICK = dict(sizes=(224, 448), batch_size=4, repeats=3, train_max_size=224, sample_s=0.3)
 FULL = dict(sizes=(224, 384, 512, 768, 1024, 2048), batch_size=8, repeats=5, train_max_size=512, sample_s=1.0)
@@ -121,45 +127,53 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Highest memory allocated during `fn()` above what was allocated before it."""
+@dataclass
+class MemoryUse:
+    peak: int  # highest allocation above what was allocated before the call
+    retained: int  # still allocated after it (caches the call filled; its result is dropped inside the call)
+
+
+def _cpu_memory_events(fn: Callable[[], Any]) -> List[int]:
+    """Sizes of the CPU allocations (positive) and frees (negative) during fn(), in order, from the trace the
+    PyTorch profiler exports with profile_memory=True (its "[memory]" events)."""
+    from torch.profiler import ProfilerActivity, profile
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, 'trace.json')
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)['traceEvents']
+    memory = [e for e in events if e.get('name') == '[memory]' and e['args'].get('Device Type') == 0]  # 0: CPU
+    memory.sort(key=lambda e: (e['ts'], e['args'].get('Ev Idx', 0)))
+    return [int(e['args']['Bytes']) for e in memory]
+
+
+def memory_use(fn: Callable[[], Any], device: torch.device) -> MemoryUse:
+    """Peak and retained memory of one `fn()` call (which should drop its result), above what was allocated
+    before it. Frees of memory allocated before the call are not counted (the profiler does not see them)."""
     if device.type == 'cuda':
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
         _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == 'cpu':
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
+        return MemoryUse(torch.cuda.max_memory_allocated(device) - before, torch.cuda.memory_allocated(device) - before)
     live = peak = 0
-    for _, size in sorted(events):
+    for size in _cpu_memory_events(fn):
         live += size
         peak = max(peak, live)
-    return peak
+    return MemoryUse(peak, live)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Highest memory allocated during `fn()` above what was allocated before it."""
+    return memory_use(fn, device).peak
 
 
 def state_bytes(model: nn.Module) -> int:
-    """Parameters, buffers and the filters a GlobalFilter keeps resampled for dynamic sizes."""
-    n = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    for m in model.modules():
-        if isinstance(m, GlobalFilter):
-            n += sum(t.numel() * t.element_size() for t in m._cache.values())
-    return n
-
-
-def _clear_filter_caches(model: nn.Module) -> None:
-    for m in model.modules():  # the resampled filters of other sizes
-        if isinstance(m, GlobalFilter):
-            m._cache.clear()
+    """Parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def _batch_for(size: int, batch_224: int) -> int:
@@ -175,7 +189,7 @@ def _create(name: str, device: torch.device, **kwargs) -> nn.Module:
 
 
 def _label(model_name: str, backend: str) -> str:
-    return f'{model_name} ({"ours" if backend == OURS else "reference fft"})'
+    return f'{model_name} ({LABELS[backend]})'
 
 
 def _unless_oom(fn: Callable[..., Any], *args) -> Any:
@@ -246,6 +260,7 @@ def resolution_suite(
         sample_s: float,
         max_call_s: float,
         progress: Progress,
+        backends: Sequence[str] = (),
 ) -> List[Row]:
     # one model per architecture serves every size (dynamic_img_size): filters and position embeddings are
     # resampled from the 224 ones, as a user of pretrained weights would run them
@@ -255,10 +270,9 @@ def resolution_suite(
     for size in sizes:
         batch = _batch_for(size, batch_size)
         x = torch.randn(batch, 3, size, size, device=device)
-        contenders = {_label(model_name, OURS): (gf, OURS), _label(model_name, REF): (gf, REF)}
+        contenders = {_label(model_name, b): (gf, b) for b in _backends(backends)}
         contenders.update({b: (m, None) for b, m in others.items()})
         size_rows = {name: Row('resolution', name, size, batch) for name in contenders}
-        _clear_filter_caches(gf)  # memory at this size as if it were the only one run
         args = (batch, repeats, device, sample_s, max_call_s, progress)
         progress(f'{size}x{size}, batch {batch}: inference')
         infer = _unless_oom(interleaved_throughput, {n: _infer_fn(m, x, b) for n, (m, b) in contenders.items()}, *args)
@@ -268,9 +282,12 @@ def resolution_suite(
                 size_rows[n].note = 'one run (slow)'
         progress(f'{size}x{size}: peak memory')
         for n, (m, b) in contenders.items():
-            peak = _unless_oom(peak_memory_bytes, _infer_fn(m, x, b), device)
-            size_rows[n].state_bytes = state_bytes(m)
-            size_rows[n].peak_bytes = None if peak is None else size_rows[n].state_bytes + peak
+            # memory at this size as if it were the only one run: what the first call caches counts as state
+            clear_filter_caches(m)
+            first = _unless_oom(memory_use, _infer_fn(m, x, b), device)
+            steady = _unless_oom(memory_use, _infer_fn(m, x, b), device)
+            size_rows[n].state_bytes = state_bytes(m) + (first.retained if first else 0)
+            size_rows[n].peak_bytes = None if steady is None else size_rows[n].state_bytes + steady.peak
         if size <= train_max_size:
             progress(f'{size}x{size}: training step')
             train = _unless_oom(interleaved_throughput, {n: _train_fn(m, x, b) for n, (m, b) in contenders.items()},
@@ -284,6 +301,11 @@ def resolution_suite(
     return rows
 
 
+def _backends(extra: Sequence[str]) -> List[str]:
+    """Ours and the reference first, then the other backends asked for (each once)."""
+    return list(dict.fromkeys([OURS, REF, *extra]))
+
+
 def backends_suite(
         variants: Sequence[str],
         sizes: Sequence[int],
@@ -293,8 +315,10 @@ def backends_suite(
         sample_s: float,
         max_call_s: float,
         progress: Progress,
+        backends: Sequence[str] = ('matmul',),
 ) -> List[Row]:
     rows = []
+    names = _backends(backends)
     for v in variants:
         model = _create(v, device, dynamic_img_size=True, dynamic_img_pad=True)
         for size in sizes:
@@ -302,9 +326,8 @@ def backends_suite(
             x = torch.randn(batch, 3, size, size, device=device)
             progress(f'{v} {size}x{size}, batch {batch}')
             samples = interleaved_throughput(
-                {OURS: _infer_fn(model, x, OURS), REF: _infer_fn(model, x, REF)}, batch, repeats, device,
-                sample_s, max_call_s, progress)
-            rows += [Row('backends', _label(v, b), size, batch, infer=samples[b]) for b in (OURS, REF)]
+                {b: _infer_fn(model, x, b) for b in names}, batch, repeats, device, sample_s, max_call_s, progress)
+            rows += [Row('backends', _label(v, b), size, batch, infer=samples[b]) for b in names]
     return rows
 
 
@@ -336,6 +359,7 @@ def compile_suite(
         sample_s: float,
         max_call_s: float,
         progress: Progress,
+        compile_backend: str = 'inductor',
 ) -> Tuple[List[Row], Dict[str, float]]:
     base = _create(model_name, device)
     ours = set_filter_backend(base, OURS)
@@ -344,7 +368,7 @@ def compile_suite(
     progress(f'compiling {model_name} with each backend (a few minutes on a small CPU)')
     compiled = {}
     for name, m in ((_label(model_name, OURS), ours), (_label(model_name, REF), ref)):
-        compiled[name] = torch.compile(m)
+        compiled[name] = torch.compile(m, backend=compile_backend)
         with torch.inference_mode():
             compiled[name](x)
         progress(f'  compiled {name}')
@@ -369,9 +393,11 @@ def amp_suite(
         sample_s: float,
         max_call_s: float,
         progress: Progress,
+        backends: Sequence[str] = ('matmul',),
 ) -> Tuple[List[Row], Dict[str, float]]:
     model = _create(model_name, device)
     x = torch.randn(batch, 3, size, size, device=device)
+    names = _backends(backends)
 
     def amp(fn):
         def run():
@@ -380,13 +406,12 @@ def amp_suite(
         return run
     progress(f'{size}x{size}, batch {batch}: {dtype} autocast inference')
     samples = interleaved_throughput(
-        {b: amp(_infer_fn(model, x, b)) for b in (OURS, REF)}, batch, repeats, device, sample_s, max_call_s,
-        progress)
+        {b: amp(_infer_fn(model, x, b)) for b in names}, batch, repeats, device, sample_s, max_call_s, progress)
     rows = [Row(f'amp {str(dtype).split(".")[-1]}', _label(model_name, b), size, batch, infer=samples[b])
-            for b in (OURS, REF)]
+            for b in names]
     # agreement of the two backends under the same autocast, relative to the logits' scale
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
-        a = _infer_fn(model, x, 'matmul')().float()  # whatever auto picked: the two computations
+        a = _infer_fn(model, x, 'matmul')().float()  # the two computations, whatever ours picks
         r = _infer_fn(model, x, REF)().float()
     return rows, {'max_abs_diff': float((a - r).abs().max()), 'logit_scale': float(r.abs().max())}
 
@@ -416,14 +441,20 @@ def run_bench(
         variant_sizes: Sequence[int] = (224, 512, 1024),
         compile_size: int = 224,
         compile_batch: int = 8,
+        compile_backend: str = 'inductor',
         amp_dtype: str = 'bfloat16',
         amp_batch: Optional[int] = None,
         device: str = 'cpu',
         sample_s: float = FULL['sample_s'],
         max_call_s: float = 120.,
         progress: bool = True,
+        backends: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """Run the suites; returns {'device', 'rows', 'compile_shares', 'amp', 'auto_choices'} for the report."""
+    """Run the suites; returns {'device', 'rows', 'compile_shares', 'amp', 'benchmark_choices'} for the report.
+
+    `backends`: filter backends timed besides ours (`auto`) and the reference (`fft`); the backends and amp suites
+    always add `matmul`. Add 'benchmark' to see the timing-based choice.
+    """
     import timm
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -436,15 +467,19 @@ def run_bench(
         raise ValueError(f'Sizes must be multiples of 32 (patch 16 and the hierarchical models\' stride 32): {bad}.')
     p = Progress(progress)
     out: Dict[str, Any] = {'device': _device_name(dev), 'rows': [], 'torch': torch.__version__}
+    unknown = [b for b in backends if b not in LABELS]
+    if unknown:
+        raise ValueError(f'Unknown filter backend {", ".join(unknown)}: pick from {", ".join(LABELS)}.')
+    with_matmul = ('matmul', *backends)
     if 'resolution' in suites:
         out['rows'] += resolution_suite(model_name, baselines, sizes, batch_size, repeats, train_max_size, dev,
-                                        sample_s, max_call_s, p)
+                                        sample_s, max_call_s, p, backends)
     if 'backends' in suites:
         out['rows'] += backends_suite(variants or timm.list_models('gfnet*'), variant_sizes, batch_size, repeats,
-                                      dev, sample_s, max_call_s, p)
+                                      dev, sample_s, max_call_s, p, with_matmul)
     if 'compile' in suites:
         rows, out['compile_shares'] = compile_suite(model_name, compile_size, compile_batch, repeats, dev, sample_s,
-                                                    max_call_s, p)
+                                                    max_call_s, p, compile_backend)
         out['rows'] += rows
     if 'amp' in suites:
         dtype = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16,
@@ -453,9 +488,11 @@ def run_bench(
             raise ValueError(f'Unknown autocast dtype {amp_dtype!r}: use bfloat16 or float16.')
         # a CPU without bf16/fp16 matrix units runs the linear layers in emulation: one image is enough there
         batch = amp_batch or (compile_batch if dev.type == 'cuda' else 1)
-        rows, out['amp'] = amp_suite(model_name, compile_size, batch, dtype, repeats, dev, sample_s, max_call_s, p)
+        rows, out['amp'] = amp_suite(model_name, compile_size, batch, dtype, repeats, dev, sample_s, max_call_s, p,
+                                     with_matmul)
         out['rows'] += rows
-    out['auto_choices'] = auto_backend_choices()
+    # what the opt-in `benchmark` backend timed and picked (empty unless it ran)
+    out['benchmark_choices'] = benchmark_choices()
     p('done')
     return out
 
@@ -480,6 +517,15 @@ def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
     return '\n'.join(line.rstrip() for line in lines)
 
 
+def _backend_of(model_label: str) -> Optional[str]:
+    """'gfnet_s (reference fft)' -> 'reference fft'; None for a baseline model."""
+    return next((b for b in LABELS.values() if model_label.endswith(f' ({b})')), None)
+
+
+def _short(label: str) -> str:
+    return 'ref' if label == LABELS[REF] else label
+
+
 def format_report(result: Dict[str, Any]) -> str:
     """Plain-text tables (Markdown-compatible enough to paste) of every suite that ran."""
     rows: List[Row] = result['rows']
@@ -487,9 +533,8 @@ def format_report(result: Dict[str, Any]) -> str:
     res = [r for r in rows if r.suite == 'resolution']
     if res:
         sizes = sorted({r.size for r in res})
-        ref_name = next(r.model for r in res if r.model.endswith('(reference fft)'))
-        ours_name = next(r.model for r in res if r.model.endswith('(ours)'))
-        baseline_names = [n for n in dict.fromkeys(r.model for r in res) if n not in (ref_name, ours_name)]
+        ours_name = next(r.model for r in res if r.model.endswith(f'({LABELS[OURS]})'))
+        baseline_names = [n for n in dict.fromkeys(r.model for r in res) if _backend_of(n) is None]
         table = []
         for s in sizes:
             by = {r.model: r for r in res if r.size == s}
@@ -519,13 +564,16 @@ def format_report(result: Dict[str, Any]) -> str:
     if bk:
         table = []
         keys = dict.fromkeys((r.model.rsplit(' (', 1)[0], r.size) for r in bk)
+        labels = list(dict.fromkeys(_backend_of(r.model) for r in bk))
+        others = [b for b in labels if b != LABELS[REF]]
         for v, s in keys:
-            by = {r.model.rsplit(' (', 1)[1]: r for r in bk if r.model.startswith(v + ' (') and r.size == s}
-            o, f = by['ours)'], by['reference fft)']
-            table.append((v, f'{s}', f'{o.batch}', _fmt(o.infer_ips), _fmt(f.infer_ips),
-                          _ratio(o.infer_ips, f.infer_ips)))
-        parts.append('Every variant, eager inference, ours vs the reference backend:\n' + _table(
-            ('variant', 'size', 'batch', 'ours img/s', 'ref img/s', 'ours / ref'), table))
+            by = {_backend_of(r.model): r for r in bk if r.model.startswith(v + ' (') and r.size == s}
+            f = by[LABELS[REF]]
+            table.append((v, f'{s}', f'{f.batch}', *(_fmt(by[b].infer_ips) for b in labels),
+                          *(_ratio(by[b].infer_ips, f.infer_ips) for b in others)))
+        parts.append('Every variant, eager inference, each backend vs the reference:\n' + _table(
+            ('variant', 'size', 'batch', *(f'{_short(b)} img/s' for b in labels),
+             *(f'{_short(b)} / ref' for b in others)), table))
     cp = [r for r in rows if r.suite == 'compile']
     if cp:
         by = {r.model: r for r in cp}
@@ -543,21 +591,23 @@ def format_report(result: Dict[str, Any]) -> str:
         parts.append('torch.compile:\n' + text)
     amp = [r for r in rows if r.suite.startswith('amp')]
     if amp:
-        o, f = amp
+        by = {_backend_of(r.model): r for r in amp}
+        o, f = by[LABELS[OURS]], by[LABELS[REF]]
         info = result.get('amp', {})
         parts.append(f'{o.suite} autocast, {o.size}x{o.size}, batch {o.batch}:\n' + _table(
             ('model', 'img/s'), [(r.model, _fmt(r.infer_ips)) for r in amp])
             + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the fft '
               f"and matmul backends {info.get('max_abs_diff', math.nan):.2e} "
               f"(logits up to {info.get('logit_scale', 0):.2f})")
-    choices = result.get('auto_choices') or {}
+    choices = result.get('benchmark_choices') or {}
     if choices:
         picked = {}
         for key, backend in choices.items():
-            _, _, ac, b, h, w, c = key
+            _, _, ac, b, _, shape = key
             amp = f' {str(ac).split(".")[-1]}' if ac else ''
-            picked.setdefault(backend, []).append(f'{h}x{w}x{c} batch<={b}{amp}')
-        parts.append('auto picked: ' + '; '.join(f'{k} for {", ".join(sorted(set(v)))}' for k, v in picked.items()))
+            picked.setdefault(backend, []).append(f'{"x".join(map(str, shape))} batch<={b}{amp}')
+        parts.append('benchmark picked: ' + '; '.join(f'{k} for {", ".join(sorted(set(v)))}'
+                                                     for k, v in picked.items()))
     return '\n\n'.join(parts)
 
 

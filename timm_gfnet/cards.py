@@ -2,8 +2,8 @@
 
 Every number a card states is either measured here (parameters, GMACs, activations, feature and embedding shapes,
 on a model built on the meta device: same graph and shapes, no weights, no compute) or published by the authors
-(`PUBLISHED`: their ImageNet-1k results, parameter and FLOP counts, and download links). Nothing depends on the
-machine or the time, so regenerating the cards is a drift check (`timm-gfnet cards --check`).
+(`PUBLISHED`: their ImageNet-1k results, parameter and FLOP counts; the registry's cfgs: their download links).
+Nothing depends on the machine or the time, so regenerating the cards is a drift check (`timm-gfnet cards --check`).
 """
 import textwrap
 from pathlib import Path
@@ -14,9 +14,9 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
+from .flops import FFT_CONVENTION, profile_model
 from .gfnet import GFNet
 from .global_filter import set_filter_backend
-from .profile import profile_model
 from .published import PUBLISHED
 
 __all__ = ['PUBLISHED', 'CITATION', 'CardDriftError', 'card_names', 'generate_card', 'write_cards', 'check_cards']
@@ -218,7 +218,7 @@ def generate_card(
     ]
     if published:
         details += [
-            f'- **Original weights:** {published["url"]} (mirror: {published["gdrive"]})',
+            f'- **Original weights:** {get_pretrained_cfg(model_name).url} (mirror: {published["gdrive"]})',
             '- **Dataset:** ImageNet-1k',
         ]
     details.append('- **License:** MIT (the licence of the authors\' code and weights)')
@@ -241,8 +241,7 @@ def generate_card(
         ]
     sections += [
         'Params, GMACs and activations above are measured on this implementation with torch\'s FLOP counter, '
-        'counting each real FFT as 2.5 N log2 N flops (the counter leaves FFTs out); activations are the outputs '
-        'of the linear and conv layers.', '',
+        f'{FFT_CONVENTION}; activations are the outputs of the linear and conv layers.', '',
         '## Model Usage', '',
         '`pip install timm-gfnet` registers the GFNet architectures with `timm` (no import needed).'
         + ('' if repo_id else f' `pretrained=True` downloads the authors\' original weights and converts them '

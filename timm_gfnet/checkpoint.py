@@ -1,20 +1,39 @@
-"""Reading checkpoint files safely: safetensors, or `torch.load(weights_only=True)` with only harmless extra types.
+"""Checkpoints: read them safely, recognise the GFNet they hold, check they fit a model, and the one loader.
 
 The authors' released files are full training checkpoints: weights under "model", optimizer state, and an
-`argparse.Namespace` under "args". Nothing in them may run code on load, so the only type allowed beyond
-what `weights_only` accepts is `argparse.Namespace` (a plain attribute bag).
+`argparse.Namespace` under "args". Nothing in them may run code on load, so the only type allowed beyond what
+`weights_only` accepts is `argparse.Namespace` (a plain attribute bag).
+
+`load_model` is how every command (convert, predict, export-onnx, viz, push) and the Python API get a model from
+any source: an authors' `.pth`, our `.safetensors`, a folder from `convert` / timm's `save_for_hf`, `hf-hub:` /
+`local-dir:`, or a registered name's pretrained weights. A checkpoint keeps its own classifier unless the caller
+asks for another `num_classes`.
+
+timm is imported where it is used: the plugin autoload imports `timm_gfnet.gfnet` (which imports this module)
+while `import timm` runs.
 """
 import argparse
+import functools
+import json
 import pickle
+import re
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn as nn
 
-__all__ = ['read_checkpoint', 'unwrap_state_dict', 'CheckpointError']
+__all__ = [
+    'CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'checkpoint_arch', 'describe_arch', 'infer_variant',
+    'check_architecture', 'check_fits', 'load_weights', 'load_model',
+]
 
 # "model" first: the authors evaluate and publish those weights, not the EMA ones
 _WEIGHT_KEYS = ('model', 'state_dict', 'model_ema', 'state_dict_ema')
+# timm adapts these itself afterwards (num_classes, in_chans): they may differ from the model
+_ADAPTED = ('head.', 'patch_embed.proj.')
+
+Arch = Tuple[Tuple[int, ...], Tuple[int, ...]]
 
 
 class CheckpointError(ValueError):
@@ -81,3 +100,166 @@ def _reason(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(skip)]
     reason = lines[0].split('. ')[0].rstrip('.') if lines else ''
     return reason if any(c.isalpha() for c in reason) else type(e).__name__
+
+
+# a block's first norm in every layout: ours (`blocks.j`, `stages.i.blocks.j`) and the authors' (`blocks.i.j`)
+_BLOCK_NORM = re.compile(r'^(?:stages\.(\d+)\.blocks\.|blocks\.(?:(\d+)\.)?)(\d+)\.norm1\.weight$')
+
+
+def checkpoint_arch(state_dict: Dict[str, torch.Tensor]) -> Arch:
+    """(blocks per stage, width per stage) of a GFNet state_dict in our or the authors' layout (isotropic: 1 stage)."""
+    blocks: Dict[int, Dict[int, int]] = {}
+    for k, v in state_dict.items():
+        m = _BLOCK_NORM.match(k)
+        if m:
+            stage = int(m.group(1) or m.group(2) or 0)
+            blocks.setdefault(stage, {})[int(m.group(3))] = v.shape[0]
+    stages = [blocks[s] for s in sorted(blocks)]
+    return tuple(len(s) for s in stages), tuple(next(iter(s.values())) for s in stages)
+
+
+def describe_arch(arch: Arch) -> str:
+    depths, dims = arch
+    if not depths:
+        return 'no GFNet blocks'
+    if len(depths) == 1:
+        return f'{depths[0]} blocks of width {dims[0]}'
+    return f'stages of {", ".join(map(str, depths))} blocks, widths {", ".join(map(str, dims))}'
+
+
+@functools.lru_cache(maxsize=None)
+def _registered_arch(name: str) -> Arch:
+    import timm
+    with torch.device('meta'):  # shapes only: no memory, no init
+        return checkpoint_arch(timm.create_model(name).state_dict())
+
+
+def _gfnet_names() -> list:
+    import timm
+    return timm.list_models('gfnet*')
+
+
+def infer_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    """Name of the registered GFNet whose architecture matches the checkpoint's shapes, else None."""
+    arch = checkpoint_arch(unwrap_state_dict(state_dict))
+    return next((name for name in _gfnet_names() if _registered_arch(name) == arch), None)
+
+
+def _model_name(model: nn.Module) -> str:
+    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
+
+
+def check_architecture(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse the checkpoint of another architecture, naming what it is and the model that fits it."""
+    arch, model_arch = checkpoint_arch(state_dict), checkpoint_arch(model.state_dict())
+    if arch != model_arch:
+        name = infer_variant(state_dict)
+        what = f'{name} ({describe_arch(arch)})' if name else describe_arch(arch)
+        raise CheckpointError(
+            f'This checkpoint is {what}; {_model_name(model)} has {describe_arch(model_arch)}. '
+            f'Create the model that matches the checkpoint' + (f" (timm.create_model('{name}'))." if name else '.'))
+
+
+def check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """One error naming every key that is missing, unexpected, of the wrong shape or dtype, or not finite.
+
+    `state_dict` is in the model's layout (after `checkpoint_filter_fn`). The classifier and the first conv are
+    left to timm, which adapts them to `num_classes` and `in_chans`.
+    """
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict and not k.startswith(_ADAPTED)]
+    unexpected = [k for k in state_dict if k not in target and not k.startswith(_ADAPTED)]
+    wrong = [f'{k} {tuple(v.shape)} (model {tuple(target[k].shape)})' for k, v in state_dict.items()
+             if k in target and not k.startswith(_ADAPTED) and v.shape != target[k].shape]
+    # other float precisions load (cast on copy); integer weights or NaN/inf would load silently and be wrong
+    dtypes = [f'{k} {v.dtype}' for k, v in state_dict.items()
+              if k in target and target[k].is_floating_point() and not v.is_floating_point()]
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if missing or unexpected or wrong or dtypes or non_finite:
+        raise CheckpointError(
+            'Checkpoint does not fit the model.'
+            + (f' Missing keys: {", ".join(missing)}.' if missing else '')
+            + (f' Unexpected keys: {", ".join(unexpected)}.' if unexpected else '')
+            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else '')
+            + (f' Not floating point: {", ".join(dtypes)}.' if dtypes else '')
+            + (f' Non-finite values (NaN/inf) in: {", ".join(non_finite)}.' if non_finite else ''))
+
+
+def load_weights(
+        model: nn.Module,
+        checkpoint: Union[str, Path, Dict[str, torch.Tensor]],
+        filter_fn: Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]],
+) -> None:
+    """Load a checkpoint file or state_dict into `model`: checked, mapped and resampled by `filter_fn`, then the
+    classifier and first conv adapted the timm way. The checkpoint's own classifier is kept when its size equals
+    `model.num_classes` (a fine-tuned head) and reset otherwise."""
+    from timm.models import load_pretrained
+    state_dict = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    check_architecture(state_dict, model)
+    state_dict = filter_fn(state_dict, model)
+    check_fits(state_dict, model)
+    head = state_dict.get('head.weight')
+    cfg = dict(model.pretrained_cfg, state_dict=state_dict, file=None, custom_load=False,
+               num_classes=head.shape[0] if head is not None else 0)
+    load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans)
+
+
+def _folder_architecture(path: Path) -> str:
+    config_file = path / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f'{path} has no config.json: pass a folder written by `timm-gfnet convert CKPT --out DIR` '
+            f"(or timm's save_for_hf), or the checkpoint file itself.")
+    return json.loads(config_file.read_text()).get('architecture')
+
+
+def load_model(
+        source: Union[str, Path],
+        model_name: Optional[str] = None,
+        num_classes: Optional[int] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """A GFNet holding the weights of `source`; the one loader of every command.
+
+    Args:
+        source: a checkpoint file (the authors' `.pth` release format, or a state_dict as `.pth` / `.safetensors`),
+            a folder with `config.json` and weights (`timm-gfnet convert`, timm's `save_for_hf`), `hf-hub:ORG/REPO`
+            or `local-dir:PATH`, or a registered model name (`gfnet_s`, `gfnet_s.in1k`) for its pretrained weights.
+        model_name: the variant a checkpoint file holds; recognised from its shapes when omitted (and checked when
+            given).
+        num_classes: classifier size; by default the checkpoint's own (a fine-tuned head is kept). Another size
+            gets a new head, as timm does.
+        **kwargs: passed to `timm.create_model` (e.g. `img_size=384`: filters and pos_embed are resampled).
+    """
+    import timm
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    gfnets = _gfnet_names()
+    text = str(source)
+    if text.startswith(('hf-hub:', 'local-dir:')):
+        return timm.create_model(text, pretrained=True, **kwargs)
+    path = Path(source)
+    if path.is_dir():
+        architecture = _folder_architecture(path)
+        if architecture not in gfnets:
+            raise ValueError(f'{path / "config.json"} describes {architecture!r}, not a GFNet ({", ".join(gfnets)}).')
+        return timm.create_model(f'local-dir:{path}', pretrained=True, **kwargs)
+    if not path.is_file():
+        if text.split('.', 1)[0] in gfnets and model_name is None:  # a registered name: its pretrained weights
+            return timm.create_model(text, pretrained=True, **kwargs)
+        raise FileNotFoundError(
+            f'No checkpoint file or folder at {path} (and it is not a GFNet name: {", ".join(gfnets)}).')
+    state_dict = read_checkpoint(path)
+    if model_name is None:
+        model_name = infer_variant(state_dict)
+        if model_name is None:
+            raise CheckpointError(
+                f'{path} matches no GFNet variant ({describe_arch(checkpoint_arch(state_dict))}); pass the model '
+                f'name it was trained as (--model NAME, or model_name=).')
+    elif model_name not in gfnets:
+        raise ValueError(f'{model_name!r} is not a GFNet model; choose one of {", ".join(gfnets)}.')
+    head = state_dict.get('head.weight')
+    kwargs.setdefault('num_classes', head.shape[0] if head is not None else 0)
+    model = timm.create_model(model_name, **kwargs)
+    model.load_pretrained(state_dict)
+    return model

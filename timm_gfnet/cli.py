@@ -9,7 +9,7 @@ __all__ = ['main']
 def _models(args: argparse.Namespace) -> None:
     import timm
 
-    from .profile import profile_model
+    from .flops import profile_model
 
     rows = [('model', 'params (M)', 'GMACs', 'feature channels', 'strides', 'pretrained')]
     for name in timm.list_models('gfnet*'):
@@ -37,7 +37,8 @@ def _convert(args: argparse.Namespace) -> None:
 
     result = convert_checkpoint(args.checkpoint, args.out, model_name=args.model)
     how = 'recognised from its shapes' if args.model is None else 'as given'
-    print(f"{args.checkpoint}: {result['model']} ({how}), {result['params'] / 1e6:.2f}M parameters")
+    print(f"{args.checkpoint}: {result['model']} ({how}), {result['params'] / 1e6:.2f}M parameters, "
+          f"{result['num_classes']}-class head")
     for f in result['files']:
         print(f'  wrote {f}')
     print(f"  reloaded with timm.create_model('local-dir:{args.out}'): outputs match the source "
@@ -45,9 +46,13 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .predict import load_model, predict
+    from .checkpoint import load_model
+    from .predict import predict
 
-    model = load_model(args.model, args.checkpoint)
+    if args.checkpoint is not None:
+        model = load_model(args.checkpoint, model_name=args.model).eval()
+    else:
+        model = load_model(args.model or 'gfnet_s').eval()
     for image, top in zip(args.images, predict(model, args.images, topk=args.topk)):
         print(image)
         for label, prob in top:
@@ -78,12 +83,11 @@ def _cards(args: argparse.Namespace) -> None:
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
-    from .onnx_export import check_onnx, create_for_export, export_onnx
+    from .onnx_export import check_onnx, export_onnx
 
-    kwargs = {'img_size': args.img_size} if args.img_size else {}
-    model = create_for_export(args.model, args.checkpoint, pretrained=args.pretrained, **kwargs)
+    model = _model_from_args(args, **({'img_size': args.img_size} if args.img_size else {}))
     path = export_onnx(model, args.out, opset=args.opset)
-    c, h, w = model.patch_embed.proj.in_channels, *model.patch_embed.img_size
+    c, h, w = model.in_chans, *model.patch_embed.img_size
     print(f'wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
           f'dynamic batch; output "output"')
     if not args.no_check:
@@ -109,7 +113,8 @@ def _bench(args: argparse.Namespace) -> None:
         batch_size=args.batch_size or preset['batch_size'], repeats=args.repeats or preset['repeats'],
         train_max_size=preset['train_max_size'] if args.train_max_size is None else args.train_max_size,
         variants=args.variants, variant_sizes=args.variant_sizes, amp_dtype=args.amp_dtype, device=args.device,
-        sample_s=preset['sample_s'], max_call_s=args.max_call_seconds, progress=not args.no_progress)
+        sample_s=preset['sample_s'], max_call_s=args.max_call_seconds, progress=not args.no_progress,
+        backends=args.backends)
     if sys.argv and sys.argv[0].endswith(('timm-gfnet', 'cli.py')):  # the command that made these numbers
         print('command: timm-gfnet ' + ' '.join(sys.argv[1:]))
     print(format_report(result))
@@ -122,22 +127,40 @@ def _bench(args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(result, rows=[asdict(r) for r in result['rows']],
-                           auto_choices={str(k): v for k, v in result['auto_choices'].items()}), f, indent=1)
+                           benchmark_choices={str(k): v for k, v in result['benchmark_choices'].items()}), f,
+                      indent=1)
         print(f'results: {args.json}')
 
 
 def _viz(args: argparse.Namespace) -> None:
-    from .onnx_export import create_for_export
     from .viz import plot_filters
 
-    model = create_for_export(args.model, args.checkpoint, pretrained=args.pretrained)
+    model = _model_from_args(args)
     what = f'{args.channels} channels' if args.channels else 'mean over channels'
     print(f'wrote {plot_filters(model, args.out, channels=args.channels, log=args.log)}: |filter| per layer ({what})')
 
 
+def _model_from_args(args: argparse.Namespace, **kwargs):
+    """The model of --model / --checkpoint / --pretrained, in eval mode, through the one loader."""
+    import timm
+
+    from .checkpoint import load_model
+
+    if args.checkpoint is not None:
+        return load_model(args.checkpoint, model_name=args.model, **kwargs).eval()
+    if args.model is None:
+        raise CliError('pass --model NAME or --checkpoint PATH.')
+    if args.model not in timm.list_models('gfnet*'):
+        raise ValueError(f'Unknown model {args.model!r}: pick one of {", ".join(timm.list_models("gfnet*"))}.')
+    if args.pretrained:
+        return load_model(args.model, **kwargs).eval()
+    return timm.create_model(args.model, **kwargs).eval()
+
+
 def _add_model_args(p: argparse.ArgumentParser, out_kind: str) -> None:
-    p.add_argument('--model', required=True, help='model name, e.g. gfnet_s')
-    p.add_argument('--checkpoint', default=None, help="weights file (authors' .pth or ours); default: random weights")
+    p.add_argument('--model', default=None, help='model name, e.g. gfnet_s (with --checkpoint: recognised from it)')
+    p.add_argument('--checkpoint', default=None,
+                   help="weights: an authors' .pth, ours, a converted folder, or hf-hub:ORG/REPO (default: random)")
     p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
     p.add_argument('--out', required=True, help=f'{out_kind} file to write')
 
@@ -180,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
     _add_model_args(p, 'ONNX')
-    p.add_argument('--img-size', type=int, default=None, help='input size (default: the model\'s, 224)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help="export at this input size: filters and pos_embed resampled on load (default: the model's)")
     p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
     p.add_argument('--tolerance', type=float, default=1e-4, help='max abs difference allowed (default: 1e-4)')
@@ -191,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'compile', 'amp', 'all'),
                    help='what to measure (default: resolution)')
     p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
+    p.add_argument('--backends', nargs='*', default=[], choices=('matmul', 'benchmark'),
+                   help='filter backends to time besides ours (auto) and the reference (fft)')
     p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
                    help='timm models to compare with (default: deit_small_patch16_224)')
     p.add_argument('--sizes', nargs='+', type=int, default=None, help='input sizes (default: 224 ... 2048)')

@@ -34,36 +34,14 @@ from timm.layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, load_pretrained, register_model
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import read_checkpoint, unwrap_state_dict
-from .download import resolve_pretrained_source
+from .checkpoint import load_weights, unwrap_state_dict
 from .global_filter import GlobalFilter, resample_filter
-from .published import PUBLISHED
+from .pretrained_sources import resolve_pretrained_source
 
-__all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn', 'checkpoint_arch', 'infer_variant']
-
-
-@torch.jit.unused
-def _can_overwrite(x: torch.Tensor) -> bool:
-    # eager, no autograd: nobody else holds the activation's input (fc1's fresh output); tracers record ops instead
-    return not (torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling()
-                or torch.jit.is_tracing())
-
-
-class GELU(nn.GELU):
-    """nn.GELU that works in place in eager inference, where its input is a fresh tensor (fc1's output in the Mlp).
-
-    The 4x-wide hidden tensor is the peak of every block's activations: not keeping a second one next to it cuts a
-    GFNet's inference memory above its weights by about 30% (gfnet_s, 512 px). Training, TorchScript, tracing and
-    compiling get nn.GELU as it is.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or not _can_overwrite(x):
-            return F.gelu(x, approximate=self.approximate)
-        return torch.ops.aten.gelu_(x, approximate=self.approximate)
+__all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn']
 
 
 class Block(nn.Module):
@@ -79,7 +57,7 @@ class Block(nn.Module):
             drop_path: float = 0.,
             dynamic_size: bool = False,
             filter_backend: str = 'auto',
-            act_layer: Type[nn.Module] = GELU,
+            act_layer: Type[nn.Module] = nn.GELU,
             norm_layer: Callable = nn.LayerNorm,
             device=None,
             dtype=None,
@@ -189,6 +167,17 @@ def check_input(
     return x
 
 
+def _record_input_size(model: nn.Module, img_size: Tuple[int, int]) -> None:
+    """Tell timm the model's new input size, as ViT's set_input_size does: timm's data config and `save_for_hf`
+    read it from the model's traits. The helper is in a private timm module (timm >= 1.0.26); older timm keeps no
+    traits and needs nothing."""
+    try:
+        from timm.models._input import update_model_input_size
+    except ImportError:
+        return
+    update_model_input_size(model, img_size)
+
+
 class _GFNetBase(nn.Module):
     """Stem, head and timm plumbing shared by both model families. Features are channels-last (NHWC)."""
     output_fmt: str = 'NHWC'
@@ -241,19 +230,11 @@ class _GFNetBase(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
-        pe = self.patch_embed
-        return check_input(
-            x, self.in_chans, pe.img_size, pe.patch_size, pe.strict_img_size, pe.dynamic_img_pad, self.min_img_size)
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if self.dynamic_img_size:
-            pos_embed = resample_abs_pos_embed(
-                self.pos_embed, (H, W), self.patch_embed.grid_size, num_prefix_tokens=0, antialias=False)
-        else:
-            pos_embed = self.pos_embed
-        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint: Union[str, Dict[str, torch.Tensor]]) -> None:
+        """timm's `custom_load` hook (also takes a state_dict): read the file safely (authors' format or ours), check
+        it fits, map and resample it (`checkpoint_filter_fn`), keep or reset the classifier as timm does."""
+        load_weights(self, checkpoint, checkpoint_filter_fn)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -271,6 +252,40 @@ class _GFNetBase(nn.Module):
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grids,
+        as when fine-tuning at another size (`create_model(..., img_size=...)` does the same from a checkpoint)."""
+        prev_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size)
+        grid = self.patch_embed.grid_size
+        if grid == prev_grid:
+            return
+        with torch.no_grad():
+            self.pos_embed = nn.Parameter(
+                resample_abs_pos_embed(self.pos_embed, grid, prev_grid, num_prefix_tokens=0, antialias=False),
+                requires_grad=self.pos_embed.requires_grad)
+            for filt, filt_grid in self._filter_grids(grid):
+                filt.complex_weight = nn.Parameter(
+                    resample_filter(filt.complex_weight, filt_grid, mode='bicubic'),
+                    requires_grad=filt.complex_weight.requires_grad)
+                filt.grid_size = filt_grid
+                filt.clear_cache()
+        _record_input_size(self, self.patch_embed.img_size)
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        pe = self.patch_embed
+        return check_input(
+            x, self.in_chans, pe.img_size, pe.patch_size, pe.strict_img_size, pe.dynamic_img_pad, self.min_img_size)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed, (H, W), self.patch_embed.grid_size, num_prefix_tokens=0, antialias=False)
+        else:
+            pos_embed = self.pos_embed
+        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'avg':
             x = x.mean(dim=(1, 2))
@@ -280,18 +295,6 @@ class _GFNetBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
         return self.forward_head(x)
-
-    @torch.jit.ignore
-    def load_pretrained(self, checkpoint_path: str) -> None:
-        """timm's `custom_load` hook: read a checkpoint safely (authors' or ours), then load it the timm way
-        (key mapping and resampling in `checkpoint_filter_fn`, classifier and input-conv adaptation)."""
-        state_dict = read_checkpoint(checkpoint_path)
-        # the file's own classifier size decides whether timm keeps its head (e.g. a fine-tuned one) or resets it
-        head = state_dict.get('head.weight')
-        cfg = dict(self.pretrained_cfg, state_dict=state_dict, file=None, custom_load=False,
-                   num_classes=head.shape[0] if head is not None else 0)
-        load_pretrained(self, cfg, num_classes=self.num_classes, in_chans=self.in_chans,
-                        filter_fn=checkpoint_filter_fn)
 
 
 class GFNet(_GFNetBase):
@@ -337,7 +340,7 @@ class GFNet(_GFNetBase):
                 drop_path=dpr[i],
                 dynamic_size=dynamic_img_size,
                 filter_backend=filter_backend,
-                act_layer=act_layer or GELU,
+                act_layer=act_layer or nn.GELU,
                 norm_layer=norm_layer,
                 **dd,
             ) for i in range(depth)])
@@ -353,14 +356,8 @@ class GFNet(_GFNetBase):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
-        for blk in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
-            else:
-                x = blk(x)
-        return self.norm(x)
+    def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
+        return [(blk.filter, grid) for blk in self.blocks]
 
     def forward_intermediates(
             self,
@@ -412,6 +409,16 @@ class GFNet(_GFNetBase):
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+        return self.norm(x)
 
 
 class GFNetPyramid(_GFNetBase):
@@ -467,7 +474,7 @@ class GFNetPyramid(_GFNetBase):
                 proj_drop=proj_drop_rate,
                 dynamic_size=dynamic_img_size,
                 filter_backend=filter_backend,
-                act_layer=act_layer or GELU,
+                act_layer=act_layer or nn.GELU,
                 norm_layer=norm_layer,
                 **dd,
             ))
@@ -493,10 +500,9 @@ class GFNetPyramid(_GFNetBase):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
-        x = self.stages(x)
-        return self.norm(x)
+    def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
+        # each stage halves the grid (floor), as built in __init__
+        return [(blk.filter, (grid[0] >> i, grid[1] >> i)) for i, s in enumerate(self.stages) for blk in s.blocks]
 
     def forward_intermediates(
             self,
@@ -552,16 +558,10 @@ class GFNetPyramid(_GFNetBase):
         return take_indices
 
 
-# Architecture of each variant; also how a checkpoint's variant is recognised from its shapes.
-_VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
-    'gfnet_ti': dict(embed_dim=256, depth=12),
-    'gfnet_xs': dict(embed_dim=384, depth=12),
-    'gfnet_s': dict(embed_dim=384, depth=19),
-    'gfnet_b': dict(embed_dim=512, depth=19),
-    'gfnet_h_ti': dict(embed_dim=(64, 128, 256, 512), depth=(3, 3, 10, 3), init_values=1e-3),
-    'gfnet_h_s': dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 10, 3), init_values=1e-5),
-    'gfnet_h_b': dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 27, 3), init_values=1e-6),
-}
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        x = self.stages(x)
+        return self.norm(x)
 
 
 def _authors_to_timm_key(k: str) -> str:
@@ -571,98 +571,33 @@ def _authors_to_timm_key(k: str) -> str:
     return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
 
 
-def checkpoint_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """(blocks per stage, width per stage) of a state_dict in our layout; isotropic models have one stage."""
-    blocks: Dict[int, Dict[int, int]] = {}
-    for k, v in state_dict.items():
-        m = re.match(r'^(?:stages\.(\d+)\.)?blocks\.(\d+)\.norm1\.weight$', k)
-        if m:
-            blocks.setdefault(int(m.group(1) or 0), {})[int(m.group(2))] = v.shape[0]
-    stages = [blocks[s] for s in sorted(blocks)]
-    return tuple(len(s) for s in stages), tuple(next(iter(s.values())) for s in stages)
-
-
-def _variant_arch(name: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    args = _VARIANT_ARGS[name]
-    return tuple(_as_tuple(args['depth'])), tuple(_as_tuple(args['embed_dim']))
-
-
-def _as_tuple(v: Union[int, Tuple[int, ...]]) -> Tuple[int, ...]:
-    return v if isinstance(v, tuple) else (v,)
-
-
-def infer_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
-    """Name of the registered variant whose architecture matches the checkpoint's shapes, else None."""
-    state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
-    arch = checkpoint_arch(state_dict)
-    return next((name for name in _VARIANT_ARGS if _variant_arch(name) == arch), None)
-
-
-def describe_arch(arch: Tuple[Tuple[int, ...], Tuple[int, ...]]) -> str:
-    depths, dims = arch
-    if not depths:
-        return 'no GFNet blocks'
-    if len(depths) == 1:
-        return f'{depths[0]} blocks of width {dims[0]}'
-    return f'stages of {", ".join(map(str, depths))} blocks, widths {", ".join(map(str, dims))}'
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map an authors' checkpoint (or our own) onto `model`, resampling position embedding and filters to its size.
-
-    Accepts the authors' full training checkpoints (weights under 'model'), DDP `module.` prefixes and our own
-    layout. A checkpoint of another architecture is refused with a message that names both.
-    """
+    """Map an authors' checkpoint (or our own) onto `model`'s keys, resampling position embedding and filters to its
+    size (bicubic, the authors' fine-tuning recipe). Accepts their full training checkpoints (weights under 'model')
+    and DDP `module.` prefixes. Checks live in `checkpoint.load_weights`."""
     state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
     target = model.state_dict()
-
-    arch, model_arch = checkpoint_arch(state_dict), checkpoint_arch(target)
-    if arch != model_arch:
-        name = infer_variant(state_dict)
-        what = f'{name} ({describe_arch(arch)})' if name else describe_arch(arch)
-        model_name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
-        raise ValueError(
-            f'This checkpoint is {what}; {model_name} has {describe_arch(model_arch)}. '
-            f'Create the model that matches the checkpoint' + (f" (timm.create_model('{name}'))." if name else '.'))
-
     out = {}
     for k, v in state_dict.items():
-        if k == 'pos_embed' and k in target and v.shape != target[k].shape:
-            old_h = next(t.shape[0] for n, t in state_dict.items() if n.endswith('filter.complex_weight'))
-            v = resample_abs_pos_embed(
-                v, model.patch_embed.grid_size, (old_h, v.shape[1] // old_h), num_prefix_tokens=0, antialias=False)
-        elif k.endswith('filter.complex_weight') and k in target and v.shape != target[k].shape:
-            v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
+        if k in target and v.shape != target[k].shape:
+            if k == 'pos_embed':
+                old_h = next(t.shape[0] for n, t in state_dict.items() if n.endswith('filter.complex_weight'))
+                v = resample_abs_pos_embed(
+                    v, model.patch_embed.grid_size, (old_h, v.shape[1] // old_h), num_prefix_tokens=0,
+                    antialias=False)
+            elif k.endswith('filter.complex_weight') and v.shape[2] == target[k].shape[2]:
+                v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
         out[k] = v
-
-    # classifier and first conv are adapted by timm afterwards (num_classes / in_chans); everything else must fit
-    adapted = ('head.', 'patch_embed.proj.')
-    missing = [k for k in target if k not in out and not k.startswith(adapted)]
-    unexpected = [k for k in out if k not in target and not k.startswith(adapted)]
-    wrong = [f'{k} {tuple(out[k].shape)} (model {tuple(target[k].shape)})' for k in out
-             if k in target and not k.startswith(adapted) and out[k].shape != target[k].shape]
-    # other float precisions load (cast on copy); integer weights or NaN/inf would load silently and be wrong
-    dtypes = [f'{k} {v.dtype}' for k, v in out.items()
-              if k in target and target[k].is_floating_point() and not v.is_floating_point()]
-    non_finite = [k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if missing or unexpected or wrong or dtypes or non_finite:
-        raise ValueError(
-            'Checkpoint does not fit the model.'
-            + (f' Missing keys: {", ".join(missing)}.' if missing else '')
-            + (f' Unexpected keys: {", ".join(unexpected)}.' if unexpected else '')
-            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else '')
-            + (f' Not floating point: {", ".join(dtypes)}.' if dtypes else '')
-            + (f' Non-finite values (NaN/inf) in: {", ".join(non_finite)}.' if non_finite else ''))
     return out
 
 
 def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFNet, GFNetPyramid]:
-    hierarchical = isinstance(_VARIANT_ARGS[variant]['depth'], tuple)
+    depth = kwargs['depth']
+    hierarchical = isinstance(depth, (tuple, list))
     if kwargs.get('features_only'):
         # backbones take the sizes detection and segmentation feed them (e.g. 512x683) without extra flags
         kwargs.setdefault('dynamic_img_size', True)
         kwargs.setdefault('dynamic_img_pad', True)
-    depth = _VARIANT_ARGS[variant]['depth']
     # isotropic: four evenly spaced blocks (as dense-prediction heads for plain ViTs take them)
     default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
     out_indices = kwargs.pop('out_indices', default_out_indices)
@@ -694,49 +629,61 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    # the authors' direct download links; the hierarchical models pool a 7x7 grid
-    tag: _cfg(url=published['url'], pool_size=(7, 7) if tag.startswith('gfnet_h_') else (14, 14))
-    for tag, published in PUBLISHED.items()
+    # the authors' direct download links (their README); converted on load
+    'gfnet_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1'),
+    'gfnet_xs.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e0ab5b1583954a1fa9b2/?dl=1'),
+    'gfnet_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e5561fa070c44d9399bf/?dl=1'),
+    'gfnet_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/2fbf264597af4d72afb3/?dl=1'),
+    'gfnet_h_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/b22dd45eccbe462cbbfb/?dl=1', pool_size=(7, 7)),
+    'gfnet_h_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1', pool_size=(7, 7)),
+    'gfnet_h_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1', pool_size=(7, 7)),
 })
 
 
 @register_model
 def gfnet_ti(pretrained: bool = False, **kwargs) -> GFNet:
     """GFNet-Ti: 12 blocks of width 256, patch 16 (7.5M params)."""
-    return _create_gfnet('gfnet_ti', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_ti'], **kwargs))
+    model_args = dict(embed_dim=256, depth=12)
+    return _create_gfnet('gfnet_ti', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_xs(pretrained: bool = False, **kwargs) -> GFNet:
     """GFNet-XS: 12 blocks of width 384, patch 16 (16M params)."""
-    return _create_gfnet('gfnet_xs', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_xs'], **kwargs))
+    model_args = dict(embed_dim=384, depth=12)
+    return _create_gfnet('gfnet_xs', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_s(pretrained: bool = False, **kwargs) -> GFNet:
     """GFNet-S: 19 blocks of width 384, patch 16 (25M params)."""
-    return _create_gfnet('gfnet_s', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_s'], **kwargs))
+    model_args = dict(embed_dim=384, depth=19)
+    return _create_gfnet('gfnet_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_b(pretrained: bool = False, **kwargs) -> GFNet:
     """GFNet-B: 19 blocks of width 512, patch 16 (43M params)."""
-    return _create_gfnet('gfnet_b', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_b'], **kwargs))
+    model_args = dict(embed_dim=512, depth=19)
+    return _create_gfnet('gfnet_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_h_ti(pretrained: bool = False, **kwargs) -> GFNetPyramid:
     """GFNet-H-Ti: hierarchical, 3-3-10-3 blocks of widths 64-128-256-512 (15M params)."""
-    return _create_gfnet('gfnet_h_ti', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_ti'], **kwargs))
+    model_args = dict(embed_dim=(64, 128, 256, 512), depth=(3, 3, 10, 3), init_values=1e-3)
+    return _create_gfnet('gfnet_h_ti', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_h_s(pretrained: bool = False, **kwargs) -> GFNetPyramid:
     """GFNet-H-S: hierarchical, 3-3-10-3 blocks of widths 96-192-384-768 (32M params)."""
-    return _create_gfnet('gfnet_h_s', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_s'], **kwargs))
+    model_args = dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 10, 3), init_values=1e-5)
+    return _create_gfnet('gfnet_h_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def gfnet_h_b(pretrained: bool = False, **kwargs) -> GFNetPyramid:
     """GFNet-H-B: hierarchical, 3-3-27-3 blocks of widths 96-192-384-768 (54M params)."""
-    return _create_gfnet('gfnet_h_b', pretrained=pretrained, **dict(_VARIANT_ARGS['gfnet_h_b'], **kwargs))
+    model_args = dict(embed_dim=(96, 192, 384, 768), depth=(3, 3, 27, 3), init_values=1e-6)
+    return _create_gfnet('gfnet_h_b', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,26 +1,28 @@
-"""Publishing GFNet weights on the Hugging Face Hub, for anyone to load with plain timm (`hf-hub:` / `local-dir:`).
+"""Publishing GFNet weights on the Hugging Face Hub, for anyone to load with plain timm (`hf-hub:` / `local-dir:`) or
+with transformers (`AutoModelForImageClassification`, whose `TimmWrapper` calls timm).
 
-A pushed repository holds what timm reads, and nothing unsafe: `config.json` (architecture, num_classes, label
-names and the pretrained cfg, written by timm's `save_for_hf`), `model.safetensors` (no pickle files) and the model
-card as `README.md` (`cards.generate_card`). The upload is a single commit through huggingface_hub
-(`HfApi.upload_folder`), which shows its own progress bars. Hub failures become `HubError`s with a one-line
-message that names the problem and the fix.
+A pushed repository holds what both read, and nothing unsafe: `config.json` (architecture, num_classes, the
+pretrained cfg and architecture changes as `model_args`, written by timm's `save_for_hf`), `model.safetensors` (no
+pickle files) and the model card as `README.md` (`cards.generate_card`). The upload is a single commit through
+huggingface_hub (`HfApi.upload_folder`), which shows its own progress bars. Hub failures become `HubError`s with a
+one-line message that names the problem and the fix.
 """
+import inspect
 import json
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Dict, Optional, Union
 
 import timm
+import torch
 import torch.nn as nn
-from timm.data import ImageNetInfo, infer_imagenet_subset
-from timm.models import save_for_hf
+from timm.data import infer_imagenet_subset
+from timm.models import get_model_args, save_for_hf
 
 from .cards import generate_card
-from .checkpoint import read_checkpoint
-from .gfnet import infer_variant
+from .checkpoint import load_model
 
-__all__ = ['HUB_FILES', 'HubError', 'load_weights', 'export_for_hub', 'push_to_hub']
+__all__ = ['HUB_FILES', 'HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
 
@@ -29,45 +31,47 @@ class HubError(RuntimeError):
     """A Hub request failed; the message is one line naming the problem and the fix."""
 
 
-def load_weights(source: Union[str, Path]) -> nn.Module:
-    """A GFNet holding the weights of `source`: a folder timm loads with `local-dir:` (config.json and weights, as
-    `timm-gfnet convert` or timm's `save_for_hf` write it) or a checkpoint file (the authors' .pth, or ours)."""
-    path = Path(source)
-    gfnets = timm.list_models('gfnet*')
-    if path.is_dir():
-        config_file = path / 'config.json'
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f'{path} has no config.json: pass a folder written by `timm-gfnet convert CKPT --out DIR` '
-                f'(or timm\'s save_for_hf), or the checkpoint file itself.')
-        architecture = json.loads(config_file.read_text()).get('architecture')
-        if architecture not in gfnets:
-            raise ValueError(f'{config_file} describes {architecture!r}, not a GFNet ({", ".join(gfnets)}).')
-        return timm.create_model(f'local-dir:{path}', pretrained=True)
-    if not path.is_file():
-        raise FileNotFoundError(f'No checkpoint file or folder at {path}.')
-    state_dict = read_checkpoint(path)
-    variant = infer_variant(state_dict)
-    if variant is None:
-        raise ValueError(f'{path} matches no GFNet variant ({", ".join(gfnets)}); convert it with '
-                         f'`timm-gfnet convert {path} --model NAME --out DIR` and push that folder.')
-    # keep a fine-tuned head: timm would drop a classifier whose size differs from the pretrained cfg's
-    head = state_dict.get('head.weight')
-    num_classes = head.shape[0] if head is not None else 0
-    return timm.create_model(
-        variant, pretrained=True, num_classes=num_classes,
-        pretrained_cfg_overlay=dict(file=str(path), num_classes=num_classes))
-
-
 def _label_config(model: nn.Module) -> Dict[str, Any]:
-    """Class names for config.json: the source's own, else ImageNet-1k's synsets and descriptions for 1000 classes."""
+    """Class names for config.json: the source's own for its head. None for an ImageNet-1k head: timm and
+    transformers both infer ImageNet-1k from 1000 classes, and transformers then labels with the class
+    descriptions ('tabby, tabby cat'), where stored synsets would make its labels 'n02123045'."""
     cfg = model.pretrained_cfg
-    if cfg.get('label_names') and cfg.get('num_classes') == model.num_classes:
+    if cfg.get('label_names') and cfg.get('num_classes') == model.num_classes \
+            and infer_imagenet_subset(model) != 'imagenet-1k':
         return {k: cfg[k] for k in ('label_names', 'label_descriptions') if cfg.get(k)}
-    if infer_imagenet_subset(model) == 'imagenet-1k':
-        info = ImageNetInfo('imagenet-1k')
-        return dict(label_names=info.label_names(), label_descriptions=info.label_descriptions(as_dict=True))
     return {}
+
+
+def _architecture_args(model: nn.Module) -> Dict[str, Any]:
+    """The constructor arguments in which `model` differs from its registered variant, e.g. `img_size`.
+
+    timm's own Hub configs keep only these in `model_args`: `num_classes` has its own key, and clients such as
+    transformers' TimmWrapper pass it to `create_model` themselves (a second copy fails there).
+    """
+    def plain(args: Dict[str, Any]) -> Dict[str, Any]:
+        return json.loads(json.dumps(args))  # tuples and lists compare alike
+
+    name = model.pretrained_cfg['architecture']
+    with torch.device('meta'):
+        default = plain(get_model_args(timm.create_model(name)))
+    accepted = inspect.signature(type(model)).parameters
+    return {k: v for k, v in plain(get_model_args(model)).items()
+            if k in accepted and k != 'num_classes' and (k not in default or default[k] != v)}
+
+
+def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
+    """`model.safetensors` and `config.json` (timm's `save_for_hf`, with `model_args` reduced to architecture
+    changes) in `out_dir`: a folder that timm (`local-dir:`) and transformers (`from_pretrained`) both load."""
+    out_dir = Path(out_dir)
+    save_for_hf(model, str(out_dir), model_config=_label_config(model), safe_serialization=True)
+    config_file = out_dir / 'config.json'
+    config = json.loads(config_file.read_text())
+    config.pop('model_args', None)
+    args = _architecture_args(model)
+    if args:
+        config['model_args'] = args
+    config_file.write_text(json.dumps(config, indent=2))
+    return out_dir
 
 
 def export_for_hub(
@@ -81,15 +85,15 @@ def export_for_hub(
     The card is generated for the model's `architecture.tag` (snippets loading `hf-hub:<repo_id>` when given),
     unless `card` names a README to use instead.
     """
-    out_dir = Path(out_dir)
-    save_for_hf(model, str(out_dir), model_config=_label_config(model), safe_serialization=True)
+    out_dir = save_for_hub(model, out_dir)
     if card is not None:
         text = Path(card).read_text(encoding='utf-8')
     else:
         config = json.loads((out_dir / 'config.json').read_text())
         tag = config['pretrained_cfg'].get('tag')
         name = f"{config['architecture']}.{tag}" if tag else config['architecture']
-        text = str(generate_card(name, repo_id=repo_id, model_args=config.get('model_args')))
+        model_args = dict(config.get('model_args', {}), num_classes=config['num_classes'])
+        text = str(generate_card(name, repo_id=repo_id, model_args=model_args))
     (out_dir / 'README.md').write_text(text, encoding='utf-8')
     return out_dir
 
@@ -170,7 +174,7 @@ def push_to_hub(
     # local input is checked first (a bad file creates no repository), the Hub is asked before the export work
     if card is not None and not Path(card).is_file():
         raise FileNotFoundError(f'No model card file at {card}.')
-    model = source if isinstance(source, nn.Module) else load_weights(source)
+    model = source if isinstance(source, nn.Module) else load_model(source)
     api = HfApi(token=token, library_name='timm-gfnet', library_version=__version__)
     try:
         if create:

@@ -9,59 +9,31 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['create_for_export', 'export_onnx', 'check_onnx']
+__all__ = ['export_onnx', 'check_onnx']
 
 
-def create_for_export(
-        model_name: str,
-        checkpoint: Optional[Union[str, Path]] = None,
-        pretrained: bool = False,
-        **kwargs,
-) -> nn.Module:
-    """A model in eval mode: random weights, the pretrained tag's weights, or a checkpoint file (authors' or ours)."""
-    import timm
-
-    if not timm.is_model(model_name):
-        raise ValueError(f'Unknown model {model_name!r}: pick one of {", ".join(timm.list_models("gfnet*"))}.')
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f'Checkpoint {checkpoint} does not exist: pass the path of a .pth or .safetensors.')
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(checkpoint))
-        pretrained = True
-    return timm.create_model(model_name, pretrained=pretrained, **kwargs).eval()
-
-
-def _input_size(model: nn.Module, img_size: Optional[int]) -> tuple:
-    """(C, H, W) to export at: the size the model was created for, or `img_size` where the model allows it."""
-    embed = model.patch_embed
-    h, w = embed.img_size
-    if img_size is not None and (img_size, img_size) != (h, w):
-        if not getattr(model, 'dynamic_img_size', False):
-            raise ValueError(
-                f'The model was created for {h}x{w} images, not {img_size}x{img_size}: create it with '
-                f'img_size={img_size} (the filters and position embedding are resampled) or dynamic_img_size=True.')
-        h = w = img_size
-    return embed.proj.in_channels, h, w
+def _input_size(model: nn.Module) -> tuple:
+    """(C, H, W) the model was created for: what is exported (a dynamic-size model is specialised to it)."""
+    return (model.in_chans, *model.patch_embed.img_size)
 
 
 def export_onnx(
         model: nn.Module,
         out: Union[str, Path],
-        img_size: Optional[int] = None,
         batch_size: int = 2,
         dynamic_batch: bool = True,
         opset: Optional[int] = None,
 ) -> Path:
     """Export `model` (NCHW float32 input named 'input', output 'output') to `out`.
 
-    The batch axis is dynamic; height and width are those of `img_size` (default: the model's input size). A
-    model created with dynamic_img_size=True is still exported at one size: the filter and position-embedding
-    resampling is specialised to the traced size.
+    The batch axis is dynamic; height and width are the model's input size (`timm.create_model(..., img_size=N)`
+    for another one). A model created with dynamic_img_size=True is still exported at that one size: the filter and
+    position-embedding resampling is specialised to it.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = torch.randn(batch_size, *_input_size(model, img_size))
+    x = torch.randn(batch_size, *_input_size(model))
     dynamic_shapes = {'x': {0: torch.export.Dim('batch', min=1, max=4096)}} if dynamic_batch else None
     with torch.no_grad():
         program = torch.onnx.export(
@@ -74,7 +46,6 @@ def export_onnx(
 def check_onnx(
         model: nn.Module,
         path: Union[str, Path],
-        img_size: Optional[int] = None,
         batch_sizes: tuple = (1, 3),
         seed: int = 0,
 ) -> Dict[str, Any]:
@@ -91,7 +62,7 @@ def check_onnx(
     g = torch.Generator().manual_seed(seed)
     diff = 0.
     for b in batch_sizes:
-        x = torch.randn(b, *_input_size(model, img_size), generator=g)
+        x = torch.randn(b, *_input_size(model), generator=g)
         with torch.no_grad():
             ref = model(x).numpy()
         got = session.run(None, {name: x.numpy()})[0]

@@ -1,37 +1,31 @@
-"""The authors' published data for their ImageNet-1k weights: pure data, shared by the model registry and the cards."""
+"""The authors' published results for their ImageNet-1k weights: pure data for the model cards (the download
+links are in the model registry's `default_cfgs`)."""
 from typing import Any, Dict
 
 __all__ = ['PUBLISHED']
 
 # The authors' published numbers for their ImageNet-1k weights (README of the original repository): top-1/top-5 (%)
-# on the validation set at 224 x 224, parameter and FLOP counts as they state them, and their download links.
+# on the validation set at 224 x 224, parameter and FLOP counts as they state them, and their Google Drive mirrors.
 PUBLISHED: Dict[str, Dict[str, Any]] = {
     'gfnet_ti.in1k': dict(
         params='7M', flops='1.3G', top1=74.6, top5=92.2,
-        url='https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1',
         gdrive='https://drive.google.com/file/d/1_xrfC7c_ccZnVicYDnrViOA_T1N-xoHI/view?usp=sharing'),
     'gfnet_xs.in1k': dict(
         params='16M', flops='2.8G', top1=78.6, top5=94.2,
-        url='https://cloud.tsinghua.edu.cn/f/e0ab5b1583954a1fa9b2/?dl=1',
         gdrive='https://drive.google.com/file/d/1paf9gQWdsLXrG58R77yJ3U0FiNINg9xN/view?usp=sharing'),
     'gfnet_s.in1k': dict(
         params='25M', flops='4.5G', top1=80.0, top5=94.9,
-        url='https://cloud.tsinghua.edu.cn/f/e5561fa070c44d9399bf/?dl=1',
         gdrive='https://drive.google.com/file/d/18aRey_1abWNMmSL7TZQ4WxpplLRCDGEl/view?usp=sharing'),
     'gfnet_b.in1k': dict(
         params='43M', flops='7.9G', top1=80.7, top5=95.1,
-        url='https://cloud.tsinghua.edu.cn/f/2fbf264597af4d72afb3/?dl=1',
         gdrive='https://drive.google.com/file/d/1OncnXYAXpdjZBq4JK5Y3xacIHOIMePQo/view?usp=sharing'),
     'gfnet_h_ti.in1k': dict(
         params='15M', flops='2.0G', top1=80.1, top5=95.1,
-        url='https://cloud.tsinghua.edu.cn/f/b22dd45eccbe462cbbfb/?dl=1',
         gdrive='https://drive.google.com/file/d/1Nrq5sfHD9RklCMl6WkcVrAWI5vSVzwSm/view?usp=sharing'),
     'gfnet_h_s.in1k': dict(
         params='32M', flops='4.5G', top1=81.5, top5=95.6,
-        url='https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1',
         gdrive='https://drive.google.com/file/d/1w4d7o1LTBjmSkb5NKzgXBBiwdBOlwiie/view?usp=sharing'),
     'gfnet_h_b.in1k': dict(
         params='54M', flops='8.4G', top1=82.9, top5=96.2,
-        url='https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1',
         gdrive='https://drive.google.com/file/d/1F900_-yPH7GFYfTt60xn4tu5a926DYL0/view?usp=sharing'),
 }
