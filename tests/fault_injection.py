@@ -76,14 +76,16 @@ FAULTS: List[Fault] = [
         'timm_gfnet/checkpoint.py',
         'num_classes=head.shape[0] if head is not None else 0)',
         'num_classes=0)', 1,
-        ['tests/test_bad_input.py::test_fine_tuned_classifier_is_kept'],
-        ['tests/test_bad_input.py', 'tests/test_pretrained.py', 'tests/test_cli.py']),
+        ['tests/test_bad_input.py::test_fine_tuned_classifier_is_kept',
+         'tests/test_loader.py::test_python_api_keeps_the_fine_tuned_head'],
+        ['tests/test_bad_input.py', 'tests/test_pretrained.py', 'tests/test_cli.py', 'tests/test_loader.py']),
     Fault(
         'layernorm-eps', "LayerNorm eps 1e-5 (torch's default) instead of the authors' 1e-6",
         'timm_gfnet/gfnet.py',
         'partial(nn.LayerNorm, eps=1e-6)',
         'partial(nn.LayerNorm, eps=1e-5)', 2,
-        ['tests/test_models.py::test_layer_norms_are_the_authors'],
+        ['tests/test_models.py::test_layer_norms_are_the_authors',
+         'tests/test_pretrained.py::test_parity_with_authors'],
         ['tests/test_pretrained.py', 'tests/test_models.py']),
 ]
 
