@@ -245,7 +245,7 @@ def load_model(
             raise ValueError(f'{path / "config.json"} describes {architecture!r}, not a GFNet ({", ".join(gfnets)}).')
         return timm.create_model(f'local-dir:{path}', pretrained=True, **kwargs)
     if not path.is_file():
-        if text.split('.', 1)[0] in gfnets and model_name is None:  # a registered name: its pretrained weights
+        if model_name is None and (text in gfnets or text in timm.list_pretrained('gfnet*')):  # a registered name
             return timm.create_model(text, pretrained=True, **kwargs)
         raise FileNotFoundError(
             f'No checkpoint file or folder at {path} (and it is not a GFNet name: {", ".join(gfnets)}).')
