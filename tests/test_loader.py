@@ -182,3 +182,21 @@ def sd_file(tmp_path, sd: dict):
     path = tmp_path / 'sd.pth'
     torch.save(sd, path)
     return path
+
+
+def test_a_registered_name_loads_its_pretrained_weights(tmp_path, monkeypatch):
+    """`load_model('gfnet_ti')` is `pretrained=True`: here from timm's cache (the authors' file already downloaded
+    there under its cache name, so no network), at another size on request."""
+    for var in ('HF_HUB_OFFLINE', 'TIMM_OFFLINE', 'TIMM_GFNET_HF_HUB_ORG'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    cache = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    cache.mkdir(parents=True)
+    ckpt = write_authors_checkpoint('gfnet_ti', cache / 'gfnet_ti.in1k.pth')
+    for name in ('gfnet_ti', 'gfnet_ti.in1k'):
+        with torch.no_grad():
+            logits = load_model(name).eval()(input_batch())
+        assert (logits - expected()['gfnet_ti.logits']).abs().max() < 1e-4
+    resized, from_file = load_model('gfnet_ti', img_size=256), load_model(ckpt, img_size=256)
+    assert resized.patch_embed.img_size == (256, 256)
+    assert all(torch.equal(v, from_file.state_dict()[k]) for k, v in resized.state_dict().items())
