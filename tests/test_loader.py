@@ -117,6 +117,15 @@ def test_set_input_size_equals_loading_at_that_size(fine_tuned, tmp_path):
     assert timm.data.resolve_model_data_config(reloaded)['input_size'] == (3, 256, 192)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
+    # the hierarchical family: every stage's filters follow its own (halved) grid
+    pyramid = timm.create_model('gfnet_h_ti', depth=(1, 1, 2, 1)).eval()
+    weights = pyramid.state_dict()
+    pyramid.set_input_size(288)
+    at_load = timm.create_model('gfnet_h_ti', depth=(1, 1, 2, 1), img_size=288).eval()
+    at_load.load_pretrained(weights)
+    assert [f.grid_size for f in (pyramid.stages[i].blocks[0].filter for i in range(4))] == [
+        (72, 72), (36, 36), (18, 18), (9, 9)]
+    assert all(torch.equal(v, at_load.state_dict()[k]) for k, v in pyramid.state_dict().items())
 
 
 def test_predict_on_a_fine_tuned_pth_and_an_authors_pth(fine_tuned, tmp_path):
