@@ -148,7 +148,7 @@ def test_dynamic_size_is_the_authors_dense_recipe(name, size):
     with torch.no_grad():
         expected = sized.forward_features(x)
         torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)
-        torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)  # from the cached filters
+        torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)  # a second call: the same
     base.train()
     sized.train()
     # training resamples inside the autograd graph
@@ -161,14 +161,9 @@ def test_fixed_size_model_refuses_other_sizes():
         model(torch.randn(1, 3, 256, 224))
 
 
-def test_dynamic_filter_cache_is_bounded():
-    model = timm.create_model('gfnet_ti', depth=2, dynamic_img_size=True).eval()
+def test_dynamic_filter_trains():
+    model = timm.create_model('gfnet_ti', depth=2, dynamic_img_size=True)
     layer = model.blocks[0].filter
-    with torch.no_grad():
-        for side in range(64, 64 + 16 * 20, 16):
-            model(torch.randn(1, 3, side, side))
-    assert 0 < len(layer.cached_filters()) <= layer.cache_size
-    # training resamples inside the autograd graph: nothing cached, gradients reach the stored filter
-    model.train()
+    # training resamples inside the autograd graph: gradients reach the stored filter
     model(torch.randn(1, 3, 96, 96)).sum().backward()
     assert layer.complex_weight.grad is not None and layer.complex_weight.grad.abs().sum() > 0

@@ -11,8 +11,8 @@ so slow drifts of a shared machine hit both sides alike. Suites:
   conv layers take (the matrix work no filter can remove) in eager and compiled mode.
 * amp: ours vs the reference and `matmul` under bf16 (or fp16) autocast.
 
-Peak memory is the model's own state (parameters and buffers, plus what a forward leaves allocated: the resampled
-filters and DFT matrices it caches) plus the highest amount of memory allocated above that during one inference
+Peak memory is the model's own state (parameters and buffers, plus what a forward leaves allocated: the DFT
+matrices the matmul backend caches) plus the highest amount of memory allocated above that during one inference
 forward (CUDA: the caching allocator's statistics; CPU: the allocation events that the PyTorch profiler records
 with `profile_memory=True`, read from its exported trace). The input batch is not counted. Public torch APIs only.
 """
@@ -283,7 +283,7 @@ def resolution_suite(
         progress(f'{size}x{size}: peak memory')
         for n, (m, b) in contenders.items():
             # memory at this size as if it were the only one run: what the first call caches counts as state
-            clear_filter_caches(m)
+            clear_filter_caches()
             first = _unless_oom(memory_use, _infer_fn(m, x, b), device)
             steady = _unless_oom(memory_use, _infer_fn(m, x, b), device)
             size_rows[n].state_bytes = state_bytes(m) + (first.retained if first else 0)

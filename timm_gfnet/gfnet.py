@@ -269,7 +269,6 @@ class _GFNetBase(nn.Module):
                     resample_filter(filt.complex_weight, filt_grid, mode='bicubic'),
                     requires_grad=filt.complex_weight.requires_grad)
                 filt.grid_size = filt_grid
-                filt.clear_cache()
         _record_input_size(self, self.patch_embed.img_size)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:

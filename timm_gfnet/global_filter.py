@@ -294,8 +294,8 @@ def _is_traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-# one lock for the module-level caches and every layer's filter cache: dict operations only, never held while
-# computing, so threads sharing a model never see an OrderedDict changed under them (move_to_end / popitem race)
+# one lock for the module-level caches: dict operations only, never held while computing, so threads sharing a
+# model never see an OrderedDict changed under them (move_to_end / popitem race)
 _LOCK = threading.RLock()
 
 _DFT_CACHE: 'OrderedDict[tuple, List[torch.Tensor]]' = OrderedDict()
@@ -437,10 +437,6 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-# resampled filters above this many elements (1 MiB in float32) are not cached
-_FILTER_CACHE_MAX_NUMEL = 1 << 18
-
-
 def _as_size(size: Union[int, Sequence[int]], rank: int, what: str) -> Tuple[int, ...]:
     size = (size,) * rank if isinstance(size, int) else tuple(int(s) for s in size)
     if len(size) != rank or min(size) < 1:
@@ -465,7 +461,6 @@ class _GlobalFilterNd(nn.Module):
             grid_size: Union[int, Sequence[int]],
             fmt: str = '',
             dynamic_size: bool = False,
-            cache_size: int = 8,
             filter_backend: str = 'auto',
             device=None,
             dtype=None,
@@ -483,12 +478,10 @@ class _GlobalFilterNd(nn.Module):
         self.channels_last = fmt == self.formats[0]
         self.grid_size = _as_size(grid_size, self.rank, f'{self.name} grid_size')
         self.dynamic_size = dynamic_size
-        self.cache_size = cache_size
         self.filter_backend = _check_backend(filter_backend)
         spectrum = filter_spectrum_size(self.grid_size)
         # stored real with a trailing (real, imag) axis, the authors' layout: checkpoints load as they are
         self.complex_weight = nn.Parameter(torch.randn(*spectrum, dim, 2, device=device, dtype=dtype) * 0.02)
-        self._cache: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
 
     def forward(self, x: torch.Tensor, spatial_size: Optional[List[int]] = None) -> torch.Tensor:
         rank = self.rank
@@ -558,88 +551,34 @@ class _GlobalFilterNd(nn.Module):
         if not self.dynamic_size:
             raise ValueError(f'{self.name} was built for a {_x(list(self.grid_size))} token grid and got '
                              f'{_x(size)}: ' + self._size_fix())
-        if torch.jit.is_scripting():
-            return _resample(weight, size)
-        return self._cached_filter(size)
+        # resampled on every call, from the weights as they are now: no cache to go stale (it bought no measurable
+        # time: gfnet_s at 256 px, batch 8, cached vs not within noise, 0.88x-1.07x)
+        return _resample(weight, size)
 
     def _size_fix(self) -> str:
         if self.rank == 2 and self.channels_last:  # the model's layer: the fix is the model's argument
             return 'create the model with img_size= for that input, or with dynamic_img_size=True.'
         return 'create the layer with dynamic_size=True to resample its filter to other sizes.'
 
-    @torch.jit.unused
-    def _cached_filter(self, size: List[int]) -> torch.Tensor:
-        weight = self.complex_weight
-        numel = weight.shape[-2] * 2
-        for s in _spectrum(size):
-            numel *= s
-        # training and compiled graphs need the filter in the autograd graph / traced: no cache there. Large
-        # filters are resampled on every call: cached, each layer would hold an activation-sized tensor to save
-        # well under 1% of its time (0.1-0.4% of a gfnet_s block at 512-2048 px, measured on CPU)
-        if (torch.is_grad_enabled() and weight.requires_grad) or _is_traced() or numel > _FILTER_CACHE_MAX_NUMEL:
-            return _resample(weight, size)
-        # the version counter changes with every in-place update (optimizer steps, copy_): a stale entry never hits
-        key = (tuple(size), weight._version, str(weight.device), weight.dtype)
-        with _LOCK:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
-        with torch.inference_mode(False):  # usable outside inference_mode too (e.g. a frozen filter)
-            cached = _resample(weight.detach(), size)
-        with _LOCK:
-            cached = self._cache.setdefault(key, cached)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return cached
-
-    @torch.jit.unused
-    def cached_filters(self) -> List[torch.Tensor]:
-        """The resampled filters kept for dynamic sizes (a snapshot: for measuring their memory)."""
-        with _LOCK:
-            return list(self._cache.values())
-
-    @torch.jit.unused
-    def clear_cache(self) -> None:
-        """Drop the resampled filters kept for dynamic sizes."""
-        with _LOCK:
-            self._cache.clear()
-
-    # cached filters are derived from the weights: they must not outlive a move, a cast or new weights
-    def _apply(self, fn, recurse: bool = True):
-        self.clear_cache()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.clear_cache()
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self):
-        # deepcopy and pickling: the copy starts with an empty cache (its weights have their own version counter)
-        state = self.__dict__.copy()
-        state['_cache'] = OrderedDict()
-        return state
-
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, grid_size={self.grid_size}, fmt={self.fmt!r}, dynamic_size={self.dynamic_size}, '
                 f'filter_backend={self.filter_backend!r}')
 
 
-@register_notrace_module  # shape checks and the resample cache are not symbolically traceable
+@register_notrace_module  # shape checks and size-dependent resampling are not symbolically traceable
 class GlobalFilter(_GlobalFilterNd):
     """2-D global filter token mixer: the paper's plug-and-play layer, for token grids and CNN feature maps.
 
     Takes a (B, H, W, C) grid or (B, N, C) tokens with `spatial_size=(H, W)` (a square grid is assumed when it is
     omitted and N is a perfect square) with fmt='NHWC', or (B, C, H, W) maps with fmt='NCHW'. The filter is
-    learned for `grid_size`; with `dynamic_size=True` other sizes use a bilinearly resampled filter (cached in
-    inference).
+    learned for `grid_size`; with `dynamic_size=True` other sizes use a bilinearly resampled filter (resampled on
+    each call from the current weights).
 
     Args:
         dim: Channels C.
         grid_size: Grid (H, W) the filter is learned for.
         fmt: 'NHWC' (grids and tokens, channels last) or 'NCHW' (feature maps, channels first).
         dynamic_size: Accept other grid sizes by resampling the filter on the fly.
-        cache_size: How many resampled filters to keep for inference at dynamic sizes.
         filter_backend: 'auto' (fft in eager mode, matmul when compiled, exported, traced or scripted), 'fft' (the
             authors' float32 FFTs), 'matmul' (real DFT matrices: exports to ONNX, runs in the autocast dtype) or
             'benchmark' (timed per shape in eager mode). Results agree to float32 rounding; the parameters are
@@ -659,7 +598,6 @@ class GlobalFilter(_GlobalFilterNd):
             *,
             fmt: str = 'NHWC',
             dynamic_size: bool = False,
-            cache_size: int = 8,
             filter_backend: str = 'auto',
             h: Optional[int] = None,
             w: Optional[int] = None,
@@ -672,8 +610,8 @@ class GlobalFilter(_GlobalFilterNd):
             h = 14 if h is None else h
             w = 8 if w is None else w
             grid_size = (h, 2 * (w - 1))  # the even grid whose real FFT is h x w, as in the authors' models
-        super().__init__(dim, 14 if grid_size is None else grid_size, fmt, dynamic_size, cache_size,
-                         filter_backend, device, dtype)
+        super().__init__(dim, 14 if grid_size is None else grid_size, fmt, dynamic_size, filter_backend,
+                         device, dtype)
 
 
 @register_notrace_module
@@ -695,13 +633,12 @@ class GlobalFilter1d(_GlobalFilterNd):
             *,
             fmt: str = 'NLC',
             dynamic_size: bool = False,
-            cache_size: int = 8,
             filter_backend: str = 'auto',
             device=None,
             dtype=None,
     ):
-        super().__init__(dim, (length,) if isinstance(length, int) else length, fmt, dynamic_size, cache_size,
-                         filter_backend, device, dtype)
+        super().__init__(dim, (length,) if isinstance(length, int) else length, fmt, dynamic_size, filter_backend,
+                         device, dtype)
 
 
 @register_notrace_module
@@ -724,12 +661,11 @@ class GlobalFilter3d(_GlobalFilterNd):
             *,
             fmt: str = 'NDHWC',
             dynamic_size: bool = False,
-            cache_size: int = 8,
             filter_backend: str = 'auto',
             device=None,
             dtype=None,
     ):
-        super().__init__(dim, size, fmt, dynamic_size, cache_size, filter_backend, device, dtype)
+        super().__init__(dim, size, fmt, dynamic_size, filter_backend, device, dtype)
 
 
 def set_filter_backend(model: nn.Module, backend: str) -> nn.Module:
@@ -741,12 +677,10 @@ def set_filter_backend(model: nn.Module, backend: str) -> nn.Module:
     return model
 
 
-def clear_filter_caches(model: Optional[nn.Module] = None) -> None:
-    """Clear the DFT-matrix cache and the `benchmark` choices; with `model`, also its layers' resampled filters."""
+def clear_filter_caches() -> None:
+    """Clear the module-level caches: the DFT matrices (derived from grid sizes only, never from weights) and the
+    `benchmark` backend's choices. Layers keep nothing: a resampled filter is made from the current weights on each
+    call."""
     with _LOCK:
         _DFT_CACHE.clear()
         _BENCHMARK_CHOICES.clear()
-    if model is not None:
-        for m in model.modules():
-            if isinstance(m, _GlobalFilterNd):
-                m.clear_cache()
