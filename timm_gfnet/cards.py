@@ -16,7 +16,6 @@ from timm.models import get_pretrained_cfg
 
 from .flops import FFT_CONVENTION, profile_model
 from .gfnet import GFNet
-from .global_filter import set_filter_backend
 from .published import PUBLISHED
 
 __all__ = ['PUBLISHED', 'CITATION', 'CardDriftError', 'card_names', 'generate_card', 'write_cards', 'check_cards']
@@ -47,15 +46,15 @@ def card_names() -> List[str]:
 def _measure(architecture: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
     """Costs and output shapes of the model, measured on the meta device (shapes and FLOPs without the compute).
 
-    The filters run the authors' FFT formulation: the cost stated is the model's, not that of a faster backend
-    chosen by timing on some machine.
+    `profile_model` counts the filters in the authors' FFT formulation whatever the backend: the cost stated is the
+    model's, the same on every machine.
     """
     with torch.device('meta'):
-        model = set_filter_backend(timm.create_model(architecture, **model_args), 'fft').eval()
+        model = timm.create_model(architecture, **model_args).eval()
         input_size = (model.in_chans, *model.patch_embed.img_size)
         cost = profile_model(model, input_size)
         x = torch.zeros(1, *input_size)
-        features = set_filter_backend(timm.create_model(architecture, features_only=True, **model_args), 'fft')
+        features = timm.create_model(architecture, features_only=True, **model_args)
         feature_shapes = [tuple(o.shape) for o in features(x)]
         unpooled = tuple(model.forward_features(x).shape)
         pooled = tuple(model.forward_head(model.forward_features(x), pre_logits=True).shape)

@@ -49,10 +49,9 @@ def _predict(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .predict import predict
 
-    if args.checkpoint is not None:
-        model = load_model(args.checkpoint, model_name=args.model).eval()
-    else:
-        model = load_model(args.model or 'gfnet_s').eval()
+    # a checkpoint (its variant named by --model or recognised), else the pretrained weights of --model
+    model = load_model(args.checkpoint or args.model or 'gfnet_s', model_name=args.model if args.checkpoint else None)
+    model.eval()
     for image, top in zip(args.images, predict(model, args.images, topk=args.topk)):
         print(image)
         for label, prob in top:

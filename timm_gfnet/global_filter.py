@@ -205,6 +205,16 @@ def _complex_along(
     return torch.stack((cr + si, ci - sr), 3)  # exp(-i a): (c zr + s zi) + i (c zi - s zr)
 
 
+def _around(lead: int, outer: List[int], k: int) -> Tuple[int, int]:
+    """(elements before, elements after) the outer spatial axis k, the leading batch(-channel) block included."""
+    pre, mid = lead, 1
+    for s in outer[:k]:
+        pre *= s
+    for s in outer[k + 1:]:
+        mid *= s
+    return pre, mid
+
+
 def _dft_filter(
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -236,11 +246,7 @@ def _dft_filter(
     z = _along(mats[0], x.to(dtype), lead * n_outer, W, tail)
     # complex DFTs along the other axes, innermost first
     for k in range(rank - 2, -1, -1):
-        pre, mid = lead, 1
-        for s in outer[:k]:
-            pre *= s
-        for s in outer[k + 1:]:
-            mid *= s
+        pre, mid = _around(lead, outer, k)
         fh, cs = mats[2 + 3 * k], mats[4 + 3 * k]
         if mid == 1:  # the axis next to the (real, imag) pair: one interleaved real matrix
             z = _along(fh, z, pre, 2 * outer[k], post)
@@ -267,11 +273,7 @@ def _dft_filter(
         y = torch.stack((zr * wr - zi * wi, zr * wi + zi * wr), ri)
 
     for k in range(rank - 1):
-        pre, mid = lead, 1
-        for s in outer[:k]:
-            pre *= s
-        for s in outer[k + 1:]:
-            mid *= s
+        pre, mid = _around(lead, outer, k)
         ih, cs = mats[3 + 3 * k], mats[4 + 3 * k]
         if mid == 1:
             y = _along(ih, y, pre, 2 * outer[k], post)
