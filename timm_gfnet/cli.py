@@ -81,6 +81,35 @@ def _cards(args: argparse.Namespace) -> None:
         print(f'wrote {path}')
 
 
+def _recipe(args: argparse.Namespace) -> None:
+    from .recipes import RecipeDriftError, check_recipes, generate_recipe, write_recipes
+
+    if args.all or args.check:
+        if args.model is not None:
+            raise CliError('pass either MODEL or --all / --check, not both.')
+        out = args.out or 'recipes'
+        if args.check:
+            problems = check_recipes(out)
+            if problems:
+                raise RecipeDriftError(f'recipes in {out} differ from the generator: {", ".join(problems)}; '
+                                       f'regenerate them with `timm-gfnet recipe --all --out {out}`.')
+            print(f'recipes in {out} are up to date')
+            return
+        for path in write_recipes(out):
+            print(f'wrote {path}')
+        return
+    if args.model is None:
+        raise CliError('pass MODEL (e.g. gfnet_xs), or --all to write every recipe.')
+    text = generate_recipe(args.model, args.task)
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    from pathlib import Path
+
+    Path(args.out).write_text(text, encoding='utf-8')
+    print(f'wrote {args.out}')
+
+
 def _export_onnx(args: argparse.Namespace) -> None:
     from .onnx_export import check_onnx, export_onnx
 
@@ -199,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default='model_cards', help='directory of the cards (default: model_cards)')
     p.add_argument('--check', action='store_true', help='fail if the cards in --out differ from the generator')
     p.set_defaults(func=_cards)
+
+    p = sub.add_parser('recipe', help="YAML config for timm's train.py: the authors' training recipe of a model")
+    p.add_argument('model', nargs='?', default=None, metavar='MODEL', help='model name, e.g. gfnet_xs')
+    p.add_argument('--task', default='in1k', choices=('in1k', 'in1k-384', 'transfer'),
+                   help='in1k: from scratch at 224; in1k-384: fine-tune at 384; transfer: to another dataset '
+                        '(default: in1k)')
+    p.add_argument('--out', default=None,
+                   help='file to write (default: stdout); with --all / --check: directory (default: recipes)')
+    p.add_argument('--all', action='store_true', help='write the recipe of every model and task to --out')
+    p.add_argument('--check', action='store_true', help='fail if the recipes in --out differ from the generator')
+    p.set_defaults(func=_recipe)
 
     p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
     _add_model_args(p, 'ONNX')
