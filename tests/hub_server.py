@@ -285,7 +285,9 @@ def _handler(hub: HubServer, cdn: bool):
             url = f'{hub.endpoint}/{repo_id}'
             if repo_id in hub.repos:
                 raise _HttpError(409, 'You already created this model repo', headers={'X-Repo-Url': url})
-            repo = hub.repos[repo_id] = _Repo(repo_id, private=payload.get('visibility') == 'private')
+            # huggingface_hub < 1.0 sends "private": true, later releases "visibility": "private" (the Hub takes both)
+            private = payload.get('visibility') == 'private' or payload.get('private') is True
+            repo = hub.repos[repo_id] = _Repo(repo_id, private=private)
             attrs = _Entry(len(_GITATTRIBUTES), _git_sha1(_GITATTRIBUTES), content=_GITATTRIBUTES)
             hub._new_commit(repo, 'main', {'.gitattributes': attrs}, 'initial commit')
             self._send_json({'url': url, 'name': repo_id, 'id': hashlib.sha1(repo_id.encode()).hexdigest()[:24]})

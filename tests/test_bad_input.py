@@ -5,6 +5,7 @@ the command line through the installed `timm-gfnet` script. Network faults are i
 """
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -241,7 +242,7 @@ def test_not_a_checkpoint(tmp_path):
         _load(tmp_path / 'state.pth')
     with pytest.raises(FileNotFoundError, match=f'^No checkpoint file at {tmp_path / "nowhere.pth"}.$'):
         _load(tmp_path / 'nowhere.pth')
-    with pytest.raises(FileNotFoundError, match=f'^No checkpoint file at {tmp_path}.$'):
+    with pytest.raises(FileNotFoundError, match=f'^{tmp_path} holds no weights file'):
         _load(tmp_path)
 
 
@@ -250,21 +251,21 @@ def test_broken_safetensors(tmp_path, weights):
     data = (tmp_path / 'ok.safetensors').read_bytes()
     (tmp_path / 'cut.safetensors').write_bytes(data[:len(data) // 2])
     (tmp_path / 'header.safetensors').write_bytes(data[:8] + b'{garbage' + data[16:])
-    for name, reason in (('cut', 'incomplete metadata, file not fully covered'),
-                         ('header', 'invalid JSON in header: key must be a string at line 1 column 2')):
+    for name in ('cut', 'header'):
         with pytest.raises(CheckpointError) as e:
             _load(tmp_path / f'{name}.safetensors')
-        assert str(e.value) == (f'{tmp_path / name}.safetensors is not a valid safetensors file '
-                                f'(Error while deserializing header: {reason}).')
+        # the reason is safetensors' own (its wording changes between releases)
+        assert re.fullmatch(rf'{re.escape(str(tmp_path / name))}\.safetensors is not a valid safetensors file '
+                            rf'\(Error while deserializing header: \w[^\n]*\)\.', str(e.value)), str(e.value)
 
 
 @pytest.mark.parametrize('change,message', [
     (lambda sd: sd.update({'blocks.0.mlp.fc1.weight': torch.zeros(10, 10)}),
      'Checkpoint does not fit the model. Wrong shapes: blocks.0.mlp.fc1.weight (10, 10) (model (1024, 256)).'),
     (lambda sd: sd.update({'blocks.0.norm1.weight': sd['blocks.0.norm1.weight'].to(torch.int32)}),
-     'Checkpoint does not fit the model. Not floating point: blocks.0.norm1.weight torch.int32.'),
+     'Checkpoint weights are unusable. Not floating point: blocks.0.norm1.weight torch.int32.'),
     (lambda sd: sd['blocks.1.filter.complex_weight'].view(-1)[7].fill_(float('nan')),
-     'Checkpoint does not fit the model. Non-finite values (NaN/inf) in: blocks.1.filter.complex_weight.'),
+     'Checkpoint weights are unusable. Non-finite values (NaN/inf) in: blocks.1.filter.complex_weight.'),
     (lambda sd: (sd.pop('blocks.3.mlp.fc2.bias'), sd.pop('pos_embed')),
      'Checkpoint does not fit the model. Missing keys: pos_embed, blocks.3.mlp.fc2.bias.'),
     (lambda sd: sd.update({'blocks.3.extra.weight': torch.zeros(3), 'dist_head.weight': torch.zeros(2)}),
@@ -300,13 +301,15 @@ def test_checkpoint_of_another_variant(tmp_path):
 
 
 def test_fine_tuned_classifier_is_kept(tmp_path, weights):
-    """A 10-class checkpoint: num_classes=10 keeps its head exactly (timm alone would reset it against the cfg's
-    1000), other class counts reset it as timm does for any classifier mismatch."""
+    """A 10-class checkpoint keeps its head exactly through timm's own `pretrained=True` (the cfg's 1000 classes do
+    not reset it); another num_classes asked for resets it, as timm does for any classifier mismatch."""
     sd = dict(weights, **{'head.weight': torch.randn(10, 256), 'head.bias': torch.randn(10)})
     save_file(sd, str(tmp_path / 'ft.safetensors'))
-    model = _load(tmp_path / 'ft.safetensors', num_classes=10)
-    assert torch.equal(model.head.weight, sd['head.weight']) and torch.equal(model.head.bias, sd['head.bias'])
-    assert _load(tmp_path / 'ft.safetensors').head.weight.shape == (1000, 256)
+    for kwargs in ({}, {'num_classes': 10}):
+        model = _load(tmp_path / 'ft.safetensors', **kwargs)
+        assert torch.equal(model.head.weight, sd['head.weight']) and torch.equal(model.head.bias, sd['head.bias'])
+    assert model.pretrained_cfg['num_classes'] == 10
+    assert _load(tmp_path / 'ft.safetensors', num_classes=1000).head.weight.shape == (1000, 256)
 
 
 class _RunsCode:

@@ -21,13 +21,20 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_two_processes_equal_one(tmp_path):
+# FSDP2 on CPU needs events on CPU streams, which torch < 2.7 lacks ("'Stream' object has no attribute
+# 'record_event'"): torch's own limit, not ours. The README says which torch runs it.
+CPU_FSDP2 = hasattr(torch.cpu.current_stream(), 'record_event')
+
+
+@pytest.mark.parametrize('mode', ['ddp', pytest.param('fsdp', marks=pytest.mark.skipif(
+    not CPU_FSDP2, reason=f'FSDP2 on CPU needs a torch with CPU stream events (torch {torch.__version__} has none)'))])
+def test_two_processes_equal_one(tmp_path, mode):
     """torchrun, 2 processes x 4 images == 1 process x 8 images after several SGD steps, within 2e-7: with
-    DistributedDataParallel, then FSDP2 (fully_shard per block), both on gloo."""
+    DistributedDataParallel, and with FSDP2 (fully_shard per block), on gloo."""
     # --standalone: a free rendezvous port on localhost, so parallel test workers never collide
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
-         str(Path(__file__).with_name('ddp_train.py')), 'ddp,fsdp', str(tmp_path)],
+         str(Path(__file__).with_name('ddp_train.py')), mode, str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -37,11 +44,10 @@ def test_two_processes_equal_one(tmp_path):
         model = ddp_train.train(ddp_train.build(kind), kind)
         single.update({f'{kind}.{k}': v for k, v in model.state_dict().items()})
     assert _max_diff(single, initial) > 1e-2  # the steps did train: equality is not trivial
-    for mode in ('ddp', 'fsdp'):
-        ranks = [load_file(str(tmp_path / f'{mode}.rank{r}.safetensors')) for r in range(2)]
-        assert _max_diff(ranks[0], ranks[1]) == 0, mode  # replicas stay identical
-        # measured: 4.5e-8 for both (float32 reductions summed in another order)
-        assert _max_diff(ranks[0], single) < 2e-7, mode
+    ranks = [load_file(str(tmp_path / f'{mode}.rank{r}.safetensors')) for r in range(2)]
+    assert _max_diff(ranks[0], ranks[1]) == 0  # replicas stay identical
+    # measured: 4.5e-8 for both (float32 reductions summed in another order)
+    assert _max_diff(ranks[0], single) < 2e-7
 
 
 def _tiny(kind: str, **kwargs) -> torch.nn.Module:

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from hub_server import HubServer
 from safetensors.torch import save_file
 
 from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
-from timm_gfnet.pretrained_sources import HUB_ORG_ENV, PretrainedUnavailableError
+from timm_gfnet.checkpoint import CheckpointError
+from timm_gfnet.pretrained_sources import HUB_ORG_ENV, PretrainedUnavailableError, authors_cache_name
 
 torch.set_num_threads(1)
 
@@ -36,6 +38,10 @@ def torch_home(tmp_path, monkeypatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     return tmp_path / 'torch' / 'hub' / 'checkpoints'
+
+
+def _cached(url: str) -> str:
+    return authors_cache_name(url, 'gfnet_ti', 'in1k')
 
 
 def _create(url: str, **kwargs) -> torch.nn.Module:
@@ -62,11 +68,13 @@ def test_download_once_into_cache_then_from_cache(torch_home, authors_file, capf
         url = server.url(LINK + '?dl=1')
         model = _create(url)
         assert server.requests == [LINK + '?dl=1']
-        # a proper file name (the link itself has none), nothing half-written beside it
-        assert sorted(p.name for p in torch_home.iterdir()) == ['gfnet_ti.in1k.pth']
-        assert (torch_home / 'gfnet_ti.in1k.pth').read_bytes() == authors_file
+        # a proper file name (the link itself has none) keyed by the link, nothing half-written beside it
+        name = _cached(url)
+        assert re.fullmatch(r'gfnet_ti\.in1k-[0-9a-f]{12}\.pth', name)
+        assert sorted(p.name for p in torch_home.iterdir()) == [name]
+        assert (torch_home / name).read_bytes() == authors_file
         progress = capfd.readouterr().err
-        assert 'gfnet_ti.in1k.pth' in progress and '100%' in progress
+        assert name in progress and '100%' in progress
         _assert_authors_outputs(model)
 
         again = _create(url)
@@ -77,7 +85,7 @@ def test_download_once_into_cache_then_from_cache(torch_home, authors_file, capf
 def test_cache_dir_argument(tmp_path, torch_home, authors_file):
     with FileServer({LINK: (200, authors_file)}) as server:
         _assert_authors_outputs(_create(server.url(LINK + '?dl=1'), cache_dir=tmp_path / 'models'))
-    assert [p.name for p in (tmp_path / 'models').iterdir()] == ['gfnet_ti.in1k.pth']
+        assert [p.name for p in (tmp_path / 'models').iterdir()] == [_cached(server.url(LINK + '?dl=1'))]
     assert not torch_home.exists() or not any(torch_home.iterdir())
 
 
@@ -85,7 +93,7 @@ def test_other_classes_and_channels_from_the_cache(torch_home, authors_file, mon
     """A file put in the cache by hand (as the error message suggests) is used offline; timm resets the classifier
     and sums the stem over input channels."""
     torch_home.mkdir(parents=True)
-    (torch_home / 'gfnet_ti.in1k.pth').write_bytes(authors_file)
+    (torch_home / _cached('http://127.0.0.1:9/unused')).write_bytes(authors_file)
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     model = _create('http://127.0.0.1:9/unused', num_classes=10, in_chans=1)
     source = authors_state_dict('gfnet_ti')
@@ -103,8 +111,8 @@ def test_offline_and_not_cached(torch_home, authors_file, monkeypatch):
         with pytest.raises(PretrainedUnavailableError) as e:
             _create(server.url(LINK + '?dl=1'))
         assert server.requests == []
-    _assert_one_clear_error(e, 'Offline mode is on', 'gfnet_ti.in1k.pth is not cached',
-                            f'put the file at {torch_home / "gfnet_ti.in1k.pth"}')
+        name = _cached(server.url(LINK + '?dl=1'))
+    _assert_one_clear_error(e, 'Offline mode is on', f'{name} is not cached', f'put the file at {torch_home / name}')
 
 
 def test_unreachable(torch_home):
@@ -113,7 +121,8 @@ def test_unreachable(torch_home):
         port = s.getsockname()[1]
     with pytest.raises(PretrainedUnavailableError) as e:
         _create(f'http://127.0.0.1:{port}{LINK}?dl=1')
-    _assert_one_clear_error(e, f'Could not download gfnet_ti.in1k.pth from http://127.0.0.1:{port}', 'refused')
+    name = _cached(f'http://127.0.0.1:{port}{LINK}?dl=1')
+    _assert_one_clear_error(e, f'Could not download {name} from http://127.0.0.1:{port}', 'refused')
     assert not torch_home.exists() or not any(torch_home.iterdir())
 
 
@@ -148,6 +157,39 @@ def test_error_page_is_not_cached(torch_home):
             _create(server.url(LINK + '?dl=1'))
     _assert_one_clear_error(e, "the server sent something that is not a checkpoint (starting b'<!DOCTYPE html><')")
     assert not any(torch_home.iterdir())
+
+
+def test_cache_is_keyed_by_the_link(torch_home, authors_file):
+    """Another url (a pretrained_cfg_overlay, a mirror) is another download, never the file cached for the first."""
+    other = write_authors_checkpoint('gfnet_ti', torch_home.parents[2] / 'other.pth')
+    sd = torch.load(other, weights_only=False)
+    sd['model']['head.bias'] = sd['model']['head.bias'] + 1  # the same variant, other weights
+    torch.save(sd, other)
+    with FileServer({LINK: (200, authors_file), '/f/other/': (200, other.read_bytes())}) as server:
+        first = _create(server.url(LINK + '?dl=1'))
+        second = _create(server.url('/f/other/?dl=1'))
+        assert server.requests == [LINK + '?dl=1', '/f/other/?dl=1']
+    _assert_authors_outputs(first)
+    assert torch.equal(second.head.bias, first.head.bias + 1)
+    assert len([p for p in torch_home.iterdir() if p.suffix == '.pth']) == 2
+
+
+def test_bad_cached_file_is_named_with_how_to_clear_it(torch_home, authors_file):
+    """A cached download that fails the checks (here: NaN weights) names the file and how to clear it; once it is
+    deleted, the next call fetches it again."""
+    url = 'http://127.0.0.1:9/f/bad/?dl=1'
+    torch_home.mkdir(parents=True)
+    bad = torch_home / _cached(url)
+    sd = authors_state_dict('gfnet_ti')
+    sd['blocks.2.mlp.fc1.weight'][0, 0] = float('nan')
+    torch.save({'model': sd}, bad)
+    with pytest.raises(CheckpointError) as e:
+        _create(url)
+    assert str(e.value) == ('Checkpoint weights are unusable. Non-finite values (NaN/inf) in: blocks.2.mlp.fc1.weight. '
+                            f'It came from the download cached at {bad}: delete that file to fetch it again.')
+    bad.unlink()
+    with FileServer({'/f/bad/': (200, authors_file)}) as server:
+        _assert_authors_outputs(_create(server.url('/f/bad/?dl=1')))
 
 
 def _hub_cache(cache_dir: Path, repo_id: str) -> None:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint, write_fine_tuned_checkpoint
 from timm_gfnet import load_model
 from timm_gfnet.checkpoint import CheckpointError
+from timm_gfnet.pretrained_sources import authors_cache_name
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -121,8 +122,8 @@ def test_set_input_size_equals_loading_at_that_size(fine_tuned, tmp_path):
     pyramid = timm.create_model('gfnet_h_ti', depth=(1, 1, 2, 1)).eval()
     weights = pyramid.state_dict()
     pyramid.set_input_size(288)
-    at_load = timm.create_model('gfnet_h_ti', depth=(1, 1, 2, 1), img_size=288).eval()
-    at_load.load_pretrained(weights)
+    at_load = timm.create_model('gfnet_h_ti', depth=(1, 1, 2, 1), img_size=288, pretrained=True,
+                                pretrained_cfg_overlay=dict(state_dict=weights)).eval()
     assert [f.grid_size for f in (pyramid.stages[i].blocks[0].filter for i in range(4))] == [
         (72, 72), (36, 36), (18, 18), (9, 9)]
     assert all(torch.equal(v, at_load.state_dict()[k]) for k, v in pyramid.state_dict().items())
@@ -201,7 +202,8 @@ def test_a_registered_name_loads_its_pretrained_weights(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     cache = tmp_path / 'torch' / 'hub' / 'checkpoints'
     cache.mkdir(parents=True)
-    ckpt = write_authors_checkpoint('gfnet_ti', cache / 'gfnet_ti.in1k.pth')
+    url = timm.models.get_pretrained_cfg('gfnet_ti.in1k').url
+    ckpt = write_authors_checkpoint('gfnet_ti', cache / authors_cache_name(url, 'gfnet_ti', 'in1k'))
     for name in ('gfnet_ti', 'gfnet_ti.in1k'):
         with torch.no_grad():
             logits = load_model(name).eval()(input_batch())

@@ -38,7 +38,8 @@ def test_installed_bootstrap():
     """).stdout
     info = json.loads(out)
     assert {'timm_gfnet_autoload.pth', '_timm_gfnet_autoload.py'} <= set(info['files'])
-    assert ['timm.models', 'gfnet', 'timm_gfnet.gfnet'] in info['entry_points']
+    assert sorted(e[1:] for e in info['entry_points'] if e[0] == 'timm.models') == [
+        [name, f'timm_gfnet.gfnet:{name}'] for name in sorted(_registered())]
     assert os.path.dirname(info['bootstrap']) == info['purelib']
     expected = os.environ.get('TIMM_GFNET_EXPECT_INSTALL')
     if expected == 'wheel':
@@ -46,6 +47,11 @@ def test_installed_bootstrap():
         assert 'timm_gfnet/gfnet.py' in info['files']
     elif expected == 'editable':
         assert info['editable'], info
+
+
+def _registered() -> list:
+    """The models the registry holds, from a fresh interpreter."""
+    return json.loads(_run("import json, timm; print(json.dumps(timm.list_models('gfnet*')))").stdout)
 
 
 def test_interpreter_start_stays_light():
@@ -84,16 +90,31 @@ def test_opt_out_and_explicit_import_is_idempotent():
 
 
 def test_broken_plugin_warns_and_timm_still_imports(tmp_path):
+    """A plugin whose module fails to import: `import timm` warns once and goes on; the models its entry points
+    name exist, and creating one says why it cannot be (the import error and the requirement to install)."""
     dist = tmp_path / 'broken_plugin-0.1.dist-info'
     dist.mkdir()
-    (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n')
-    (dist / 'entry_points.txt').write_text('[timm.models]\nbroken = no_such_module_for_gfnet_test\n')
+    (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n'
+                                   'Requires-Dist: timm>=99\nRequires-Dist: pytest; extra == "test"\n')
+    (dist / 'entry_points.txt').write_text('[timm.models]\nbroken_a = no_such_module_for_gfnet_test:broken_a\n'
+                                           'broken_b = no_such_module_for_gfnet_test:broken_b\n')
     proc = _run("""
         import timm
-        print(len(timm.list_models('gfnet*')))
+        print(len(timm.list_models('gfnet*')), timm.list_models('broken_*'))
+        try:
+            timm.create_model('broken_b')
+        except RuntimeError as e:
+            print(e)
     """, env={'PYTHONPATH': str(tmp_path)})
-    assert proc.stdout.strip() == '7'
-    assert "timm plugin 'broken'" in proc.stderr and 'TIMM_DISABLE_PLUGINS' in proc.stderr
+    count, error = proc.stdout.strip().split('\n')
+    assert count == "7 ['broken_a', 'broken_b']"
+    assert proc.stderr.count("timm plugin 'no_such_module_for_gfnet_test' failed to load") == 1
+    assert 'TIMM_DISABLE_PLUGINS' in proc.stderr
+    timm_version = _run('import timm; print(timm.__version__)').stdout.strip()
+    assert error == (
+        "broken_b could not be created: the timm plugin that provides it failed to load: "
+        "ModuleNotFoundError(\"No module named 'no_such_module_for_gfnet_test'\"). broken-plugin 0.1 needs timm>=99 "
+        f"and this environment has timm {timm_version}: pip install 'timm>=99'")
 
 
 @pytest.mark.parametrize('scheme', ['local-dir', 'hf-hub'])

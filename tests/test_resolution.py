@@ -82,12 +82,18 @@ def test_pretrained_at_another_size(name, size, checkpoints):
 
 
 def test_224_to_384_to_224_is_well_formed(checkpoints, tmp_path):
+    """A 384 checkpoint loads at 384, as it is (its own size, read from its shapes); 224 only when asked for."""
     from safetensors.torch import save_file
     big = timm.create_model(
         'gfnet_ti', pretrained=True, img_size=384, pretrained_cfg_overlay=dict(file=checkpoints['gfnet_ti']))
     save_file(big.state_dict(), str(tmp_path / 'ti384.safetensors'))
-    back = timm.create_model(
+    kept = timm.create_model(
         'gfnet_ti', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'ti384.safetensors'))).eval()
+    assert kept.patch_embed.img_size == (384, 384)
+    assert timm.data.resolve_model_data_config(kept)['input_size'] == (3, 384, 384)
+    assert all(torch.equal(v, big.state_dict()[k]) for k, v in kept.state_dict().items())
+    back = timm.create_model('gfnet_ti', pretrained=True, img_size=224,
+                             pretrained_cfg_overlay=dict(file=str(tmp_path / 'ti384.safetensors'))).eval()
     original = timm.create_model(
         'gfnet_ti', pretrained=True, pretrained_cfg_overlay=dict(file=checkpoints['gfnet_ti'])).eval()
     assert back.pos_embed.shape == original.pos_embed.shape
@@ -167,3 +173,82 @@ def test_dynamic_filter_trains():
     # training resamples inside the autograd graph: gradients reach the stored filter
     model(torch.randn(1, 3, 96, 96)).sum().backward()
     assert layer.complex_weight.grad is not None and layer.complex_weight.grad.abs().sum() > 0
+
+
+# ---- fixed sizes with dynamic_img_pad: the filters and pos_embed are built for the padded (rounded-up) grids
+
+def _by_hand_isotropic(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's own layers, the input padded by hand to whole patches (zeros right and bottom)."""
+    p = model.patch_embed.patch_size[0]
+    x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+    t = model.patch_embed.proj(x).permute(0, 2, 3, 1)
+    t = t + model.pos_embed.reshape(1, *t.shape[1:])
+    for blk in model.blocks:
+        t = blk(t)
+    return model.forward_head(model.norm(t))
+
+
+def _by_hand_pyramid(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stem padded to whole patches, and every stage's map padded to even sides before its 2x2 conv, by hand."""
+    p = model.patch_embed.patch_size[0]
+    x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+    t = model.patch_embed.proj(x)  # NCHW
+    t = (t.permute(0, 2, 3, 1) + model.pos_embed.reshape(1, *t.shape[2:], -1))
+    for i, stage in enumerate(model.stages):
+        if i:
+            c = t.permute(0, 3, 1, 2)
+            c = F.pad(c, (0, c.shape[-1] % 2, 0, c.shape[-2] % 2))
+            t = stage.downsample.proj(c).permute(0, 2, 3, 1)
+        for blk in stage.blocks:
+            t = blk(t)
+    return model.forward_head(model.norm(t))
+
+
+@pytest.mark.parametrize('name,size,grids', [
+    ('gfnet_ti', (230, 230), [(15, 15)]),
+    ('gfnet_ti', (200, 260), [(13, 17)]),
+    ('gfnet_h_ti', (228, 228), [(57, 57), (29, 29), (15, 15), (8, 8)]),
+    ('gfnet_h_ti', (200, 260), [(50, 65), (25, 33), (13, 17), (7, 9)]),
+])
+def test_fixed_size_with_dynamic_pad(name, size, grids):
+    """Every stage's filters and the position embedding are built for the rounded-up grids the padded input makes,
+    and the model equals its own layers fed the input padded by hand. Other sizes keep the one-line error."""
+    depth = 2 if name == 'gfnet_ti' else (1, 1, 1, 1)
+    model = timm.create_model(name, img_size=size, dynamic_img_pad=True, depth=depth).eval()
+    stages = [model.blocks] if name == 'gfnet_ti' else [s.blocks for s in model.stages]
+    assert [{blk.filter.grid_size for blk in blocks} for blocks in stages] == [{g} for g in grids]
+    assert model.pos_embed.shape[1] == grids[0][0] * grids[0][1]
+    x = torch.randn(2, 3, *size)
+    by_hand = _by_hand_isotropic if name == 'gfnet_ti' else _by_hand_pyramid
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), by_hand(model, x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=rf'^GFNet was created for {size[0]}x{size[1]} images and got 224x224'):
+        model(torch.randn(1, 3, 224, 224))
+
+
+def test_fixed_size_with_dynamic_pad_loads_pretrained(checkpoints):
+    """The 224 checkpoint resampled to the padded grids (15x15 at 230), as for any other size."""
+    model = timm.create_model('gfnet_ti', pretrained=True, img_size=230, dynamic_img_pad=True,
+                              pretrained_cfg_overlay=dict(file=checkpoints['gfnet_ti'])).eval()
+    source = authors_state_dict('gfnet_ti')
+    torch.testing.assert_close(model.blocks[0].filter.complex_weight,
+                               resample_filter(source['blocks.0.filter.complex_weight'], (15, 15)))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 230, 230))).all()
+
+
+def test_set_input_size_is_all_or_nothing():
+    """A size too small for the model's stages is refused before anything changes: the model still takes its old
+    size, with the same weights."""
+    model = timm.create_model('gfnet_h_ti', depth=(1, 1, 1, 1)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r'^set_input_size\(16, 16\): too small for GFNetPyramid, whose token grids '
+                                         r'shrink to 0x0 there; take at least 32x32 \(its largest stride\)\.$'):
+        model.set_input_size(16)
+    for bad in (0, -3, 3.5, (224,), 'x'):
+        with pytest.raises(ValueError, match=r'^img_size takes one or two positive integers'):
+            model.set_input_size(bad)
+    assert model.patch_embed.img_size == (224, 224)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)

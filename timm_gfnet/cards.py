@@ -61,7 +61,7 @@ def _measure(architecture: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(model, GFNet):
         patch = model.patch_embed.patch_size[0]
         design = (f'Isotropic: a {patch}x{patch} patch embedding, then {len(model.blocks)} global filter blocks of '
-                  f'width {model.num_features} on a {" x ".join(map(str, model.patch_embed.grid_size))} token grid.')
+                  f'width {model.num_features} on a {" x ".join(map(str, model.grid_size))} token grid.')
     else:
         depths = ', '.join(str(len(s.blocks)) for s in model.stages)
         widths = ', '.join(str(f['num_chs']) for f in model.feature_info)

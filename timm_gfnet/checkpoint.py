@@ -18,14 +18,14 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 __all__ = [
-    'CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'checkpoint_arch', 'describe_arch', 'infer_variant',
-    'check_architecture', 'check_fits', 'load_weights', 'load_model',
+    'CheckpointError', 'WEIGHT_FILES', 'read_checkpoint', 'read_weights', 'unwrap_state_dict', 'checkpoint_arch',
+    'describe_arch', 'infer_variant', 'check_architecture', 'check_values', 'check_fits', 'load_model',
 ]
 
 # "model" first: the authors evaluate and publish those weights, not the EMA ones
@@ -64,16 +64,34 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b'{'  # 8-byte header length, then the JSON header
 
 
-def read_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read the weights of a `.safetensors` or PyTorch checkpoint file without unpickling arbitrary objects."""
-    path = Path(path)
+# what timm's save_for_hf writes (and `convert`), in the order timm prefers them
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def _weights_file(path: Path) -> Path:
+    """The file to read: `path` itself, or the weights file of a folder from `convert` / timm's `save_for_hf`."""
+    if path.is_dir():
+        found = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f'{path} holds no weights file ({" or ".join(WEIGHT_FILES)}): pass a folder '
+                                    f'written by `timm-gfnet convert` or timm\'s save_for_hf, or a checkpoint file.')
+        return found
     if not path.is_file():
         raise FileNotFoundError(f'No checkpoint file at {path}.')
+    return path
+
+
+def read_weights(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Optional[Tuple[int, int]]]:
+    """(weights, training image size) of a checkpoint file or folder, read without unpickling arbitrary objects.
+
+    The image size is the authors' `args.input_size` when their file carries it, else None (the shapes say the rest:
+    see `gfnet.checkpoint_grid`)."""
+    path = _weights_file(Path(path))
     if _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return unwrap_state_dict(load_file(str(path)))
+            return unwrap_state_dict(load_file(str(path))), None
         except SafetensorError as e:
             raise CheckpointError(f'{path} is not a valid safetensors file ({e}).') from None
     try:
@@ -91,11 +109,20 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CheckpointError(
             f'{path} is not a readable PyTorch checkpoint: truncated, or another kind of file '
             f'({_reason(e)}).') from None
-    return unwrap_state_dict(checkpoint)
+    size = getattr(checkpoint.get('args'), 'input_size', None) if isinstance(checkpoint, dict) else None
+    return unwrap_state_dict(checkpoint), (size, size) if isinstance(size, int) and size > 0 else None
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The weights of a `.safetensors` or PyTorch checkpoint file (or a converted folder), read safely."""
+    return read_weights(path)[0]
 
 
 def _reason(e: Exception) -> str:
     """The informative part of torch.load's messages (which advise weights_only=False: not for untrusted files)."""
+    found = re.search(r'WeightsUnpickler error: ([^\n]+)', str(e))  # torch < 2.7 puts it inside its advice line
+    if found:
+        return found.group(1).split('. ')[0].rstrip('.')
     skip = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
     lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(skip)]
     reason = lines[0].split('. ')[0].rstrip('.') if lines else ''
@@ -145,23 +172,32 @@ def infer_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
     return next((name for name in _gfnet_names() if _registered_arch(name) == arch), None)
 
 
-def _model_name(model: nn.Module) -> str:
-    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
-
-
-def check_architecture(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Refuse the checkpoint of another architecture, naming what it is and the model that fits it."""
-    arch, model_arch = checkpoint_arch(state_dict), checkpoint_arch(model.state_dict())
-    if arch != model_arch:
-        name = infer_variant(state_dict)
-        what = f'{name} ({describe_arch(arch)})' if name else describe_arch(arch)
+def check_architecture(state_dict: Dict[str, torch.Tensor], name: str, arch: Arch) -> None:
+    """Refuse the checkpoint of another architecture than `arch` (model `name`'s), naming what it is and the model
+    that fits it."""
+    found = checkpoint_arch(state_dict)
+    if found != arch:
+        other = infer_variant(state_dict)
+        what = f'{other} ({describe_arch(found)})' if other else describe_arch(found)
         raise CheckpointError(
-            f'This checkpoint is {what}; {_model_name(model)} has {describe_arch(model_arch)}. '
-            f'Create the model that matches the checkpoint' + (f" (timm.create_model('{name}'))." if name else '.'))
+            f'This checkpoint is {what}; {name} has {describe_arch(arch)}. '
+            f'Create the model that matches the checkpoint' + (f" (timm.create_model('{other}'))." if other else '.'))
 
 
-def check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
-    """One error naming every key that is missing, unexpected, of the wrong shape or dtype, or not finite.
+def check_values(state_dict: Dict[str, torch.Tensor]) -> None:
+    """One error naming every tensor that is not floating point or not finite: either would load without a word
+    (integers cast, NaN copied) and make every output wrong. Other float precisions are fine (cast on copy)."""
+    dtypes = [f'{k} {v.dtype}' for k, v in state_dict.items() if not v.is_floating_point()]
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if dtypes or non_finite:
+        raise CheckpointError(
+            'Checkpoint weights are unusable.'
+            + (f' Not floating point: {", ".join(dtypes)}.' if dtypes else '')
+            + (f' Non-finite values (NaN/inf) in: {", ".join(non_finite)}.' if non_finite else ''))
+
+
+def check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """One error naming every key that is missing, unexpected or of the wrong shape; returns `state_dict`.
 
     `state_dict` is in the model's layout (after `checkpoint_filter_fn`). The classifier and the first conv are
     left to timm, which adapts them to `num_classes` and `in_chans`.
@@ -171,37 +207,13 @@ def check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
     unexpected = [k for k in state_dict if k not in target and not k.startswith(_ADAPTED)]
     wrong = [f'{k} {tuple(v.shape)} (model {tuple(target[k].shape)})' for k, v in state_dict.items()
              if k in target and not k.startswith(_ADAPTED) and v.shape != target[k].shape]
-    # other float precisions load (cast on copy); integer weights or NaN/inf would load silently and be wrong
-    dtypes = [f'{k} {v.dtype}' for k, v in state_dict.items()
-              if k in target and target[k].is_floating_point() and not v.is_floating_point()]
-    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if missing or unexpected or wrong or dtypes or non_finite:
+    if missing or unexpected or wrong:
         raise CheckpointError(
             'Checkpoint does not fit the model.'
             + (f' Missing keys: {", ".join(missing)}.' if missing else '')
             + (f' Unexpected keys: {", ".join(unexpected)}.' if unexpected else '')
-            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else '')
-            + (f' Not floating point: {", ".join(dtypes)}.' if dtypes else '')
-            + (f' Non-finite values (NaN/inf) in: {", ".join(non_finite)}.' if non_finite else ''))
-
-
-def load_weights(
-        model: nn.Module,
-        checkpoint: Union[str, Path, Dict[str, torch.Tensor]],
-        filter_fn: Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]],
-) -> None:
-    """Load a checkpoint file or state_dict into `model`: checked, mapped and resampled by `filter_fn`, then the
-    classifier and first conv adapted the timm way. The checkpoint's own classifier is kept when its size equals
-    `model.num_classes` (a fine-tuned head) and reset otherwise."""
-    from timm.models import load_pretrained
-    state_dict = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    check_architecture(state_dict, model)
-    state_dict = filter_fn(state_dict, model)
-    check_fits(state_dict, model)
-    head = state_dict.get('head.weight')
-    cfg = dict(model.pretrained_cfg, state_dict=state_dict, file=None, custom_load=False,
-               num_classes=head.shape[0] if head is not None else 0)
-    load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans)
+            + (f' Wrong shapes: {", ".join(wrong)}.' if wrong else ''))
+    return state_dict
 
 
 def _folder_architecture(path: Path) -> str:
@@ -249,7 +261,7 @@ def load_model(
             return timm.create_model(text, pretrained=True, **kwargs)
         raise FileNotFoundError(
             f'No checkpoint file or folder at {path} (and it is not a GFNet name: {", ".join(gfnets)}).')
-    state_dict = read_checkpoint(path)
+    state_dict, img_size = read_weights(path)
     if model_name is None:
         model_name = infer_variant(state_dict)
         if model_name is None:
@@ -258,8 +270,6 @@ def load_model(
                 f'name it was trained as (--model NAME, or model_name=).')
     elif model_name not in gfnets:
         raise ValueError(f'{model_name!r} is not a GFNet model; choose one of {", ".join(gfnets)}.')
-    head = state_dict.get('head.weight')
-    kwargs.setdefault('num_classes', head.shape[0] if head is not None else 0)
-    model = timm.create_model(model_name, **kwargs)
-    model.load_pretrained(state_dict)
-    return model
+    # read once: the model is built from these weights (at their size, with their classifier unless asked otherwise)
+    overlay = dict(state_dict=state_dict, **({'input_size': (3, *img_size)} if img_size else {}))
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)

@@ -16,30 +16,25 @@ authors' models (https://github.com/raoyongming/GFNet, MIT licence) compute. Act
 (B, H, W, C) from the patch embedding to the head, so blocks need no reshapes and the filter takes the
 grid as it is.
 """
+import logging
 import re
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    DropPath,
-    Mlp,
-    PatchEmbed,
-    calculate_drop_path_rates,
-    get_device_dtype,
-    register_notrace_function,
-    resample_abs_pos_embed,
-    trunc_normal_,
-)
+from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import load_weights, unwrap_state_dict
+from .checkpoint import check_fits, unwrap_state_dict
+from .compat import record_input_size, timm_layer
 from .global_filter import GlobalFilter, resample_filter
-from .pretrained_sources import resolve_pretrained_source
+from .pretrained_sources import pretrained_weights
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn']
 
@@ -67,7 +62,7 @@ class Block(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.filter = GlobalFilter(dim, grid_size, dynamic_size=dynamic_size, filter_backend=filter_backend, **dd)
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = timm_layer(Mlp, dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         # layer scale of the hierarchical models, named `gamma` as in their checkpoints
         self.gamma = nn.Parameter(init_values * torch.ones(dim, **dd)) if init_values is not None else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -167,15 +162,33 @@ def check_input(
     return x
 
 
-def _record_input_size(model: nn.Module, img_size: Tuple[int, int]) -> None:
-    """Tell timm the model's new input size, as ViT's set_input_size does: timm's data config and `save_for_hf`
-    read it from the model's traits. The helper is in a private timm module (timm >= 1.0.26); older timm keeps no
-    traits and needs nothing."""
-    try:
-        from timm.models._input import update_model_input_size
-    except ImportError:
-        return
-    update_model_input_size(model, img_size)
+def _drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
+    # rising linearly over all blocks, as the authors (and timm's calculate_drop_path_rates) do
+    return [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # cpu: also on the meta device
+
+
+def _image_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) \
+        if isinstance(img_size, (tuple, list)) else ()
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
+    return size
+
+
+def _token_grid(img_size: Tuple[int, int], patch_size: Tuple[int, int], pad: bool) -> Tuple[int, int]:
+    """Tokens per axis: partial patches count when the input is padded to whole ones (dynamic_img_pad)."""
+    if pad:
+        return (-(-img_size[0] // patch_size[0]), -(-img_size[1] // patch_size[1]))
+    return (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+
+
+def _x(grid: Sequence[int]) -> str:
+    return 'x'.join(str(g) for g in grid)
+
+
+def _halve(grid: Tuple[int, int], pad: bool) -> Tuple[int, int]:
+    """The grid after a 2x2 stride-2 conv: rounded up when odd grids are padded (dynamic_img_pad), else down."""
+    return ((grid[0] + 1) // 2, (grid[1] + 1) // 2) if pad else (grid[0] // 2, grid[1] // 2)
 
 
 class _GFNetBase(nn.Module):
@@ -196,13 +209,15 @@ class _GFNetBase(nn.Module):
             dd: Dict[str, Any],
     ) -> None:
         assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
+        img_size = _image_size(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
         self.min_img_size = patch_size  # without dynamic padding; the largest stride, for hierarchical models
-        self.patch_embed = PatchEmbed(
+        self.patch_embed = timm_layer(
+            PatchEmbed,
             img_size=img_size,
             patch_size=patch_size,
             in_chans=in_chans,
@@ -212,8 +227,16 @@ class _GFNetBase(nn.Module):
             dynamic_img_pad=dynamic_img_pad,
             **dd,
         )
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim, **dd))
+        grid = self.grid_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        """The token grid of the stem at the model's input size: what pos_embed (and the first filters) are built
+        for. With dynamic_img_pad the input is padded to whole patches, so a partial patch is a token too."""
+        pe = self.patch_embed
+        return _token_grid(pe.img_size, pe.patch_size, pe.dynamic_img_pad)
 
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float, norm_layer: Callable, dd) -> None:
         self.num_features = self.head_hidden_size = num_features
@@ -231,10 +254,16 @@ class _GFNetBase(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
-    def load_pretrained(self, checkpoint: Union[str, Dict[str, torch.Tensor]]) -> None:
-        """timm's `custom_load` hook (also takes a state_dict): read the file safely (authors' format or ours), check
-        it fits, map and resample it (`checkpoint_filter_fn`), keep or reset the classifier as timm does."""
-        load_weights(self, checkpoint, checkpoint_filter_fn)
+    def architecture_args(self) -> Dict[str, Any]:
+        """The constructor arguments that give this model its shapes, read from the model as it is now (after
+        `set_input_size` too), JSON-ready: what a config needs to build it again for its weights. Not among them:
+        `num_classes` (timm keeps it apart), drop rates, the layer-scale init and the filter backend."""
+        pe = self.patch_embed
+        fc1 = self._first_block().mlp.fc1
+        return dict(
+            img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=self.in_chans,
+            global_pool=self.global_pool, mlp_ratio=fc1.out_features / fc1.in_features,
+            dynamic_img_size=self.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, **self._stage_args())
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -249,27 +278,36 @@ class _GFNetBase(nn.Module):
         if global_pool is not None:
             assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
             self.global_pool = global_pool
-        dd = get_device_dtype(self)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        p = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype) if num_classes > 0 \
+            else nn.Identity()
 
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
         """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grids,
-        as when fine-tuning at another size (`create_model(..., img_size=...)` does the same from a checkpoint)."""
-        prev_grid = self.patch_embed.grid_size
-        self.patch_embed.set_input_size(img_size=img_size)
-        grid = self.patch_embed.grid_size
-        if grid == prev_grid:
+        as when fine-tuning at another size (`create_model(..., img_size=...)` does the same from a checkpoint).
+        All or nothing: a size the model cannot take raises before anything changes."""
+        if img_size is None:
             return
-        with torch.no_grad():
-            self.pos_embed = nn.Parameter(
-                resample_abs_pos_embed(self.pos_embed, grid, prev_grid, num_prefix_tokens=0, antialias=False),
-                requires_grad=self.pos_embed.requires_grad)
-            for filt, filt_grid in self._filter_grids(grid):
-                filt.complex_weight = nn.Parameter(
-                    resample_filter(filt.complex_weight, filt_grid, mode='bicubic'),
-                    requires_grad=filt.complex_weight.requires_grad)
-                filt.grid_size = filt_grid
-        _record_input_size(self, self.patch_embed.img_size)
+        size = _image_size(img_size)
+        pe = self.patch_embed
+        grid = _token_grid(size, pe.patch_size, pe.dynamic_img_pad)
+        filter_grids = self._filter_grids(grid)
+        if min(min(g) for _, g in filter_grids + [(None, grid)]) < 1:
+            smallest = self.feature_info[-1]['reduction']
+            raise ValueError(
+                f'set_input_size({size[0]}, {size[1]}): too small for {type(self).__name__}, whose token grids '
+                f'shrink to {_x(filter_grids[-1][1])} there; take at least {smallest}x{smallest} (its largest stride).')
+        prev_grid = self.grid_size
+        with torch.no_grad():  # every new tensor first, then the swap: nothing half-changed if one of them fails
+            pos_embed = resample_abs_pos_embed(self.pos_embed, grid, prev_grid, num_prefix_tokens=0, antialias=False)
+            weights = [resample_filter(f.complex_weight, g, mode='bicubic') for f, g in filter_grids]
+        pe.set_input_size(img_size=size)
+        self.pos_embed = nn.Parameter(pos_embed, requires_grad=self.pos_embed.requires_grad)
+        for (filt, filt_grid), weight in zip(filter_grids, weights):
+            if weight is not filt.complex_weight:
+                filt.complex_weight = nn.Parameter(weight, requires_grad=filt.complex_weight.requires_grad)
+            filt.grid_size = filt_grid
+        record_input_size(self, size)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         pe = self.patch_embed
@@ -280,7 +318,7 @@ class _GFNetBase(nn.Module):
         B, H, W, C = x.shape
         if self.dynamic_img_size:
             pos_embed = resample_abs_pos_embed(
-                self.pos_embed, (H, W), self.patch_embed.grid_size, num_prefix_tokens=0, antialias=False)
+                self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
         else:
             pos_embed = self.pos_embed
         return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
@@ -327,8 +365,8 @@ class GFNet(_GFNetBase):
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self._init_stem(img_size, patch_size, in_chans, embed_dim, num_classes, global_pool, pos_drop_rate,
                         dynamic_img_size, dynamic_img_pad, dd)
-        grid_size = self.patch_embed.grid_size
-        dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        grid_size = self.grid_size
+        dpr = _drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(
                 embed_dim,
@@ -357,6 +395,12 @@ class GFNet(_GFNetBase):
 
     def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
         return [(blk.filter, grid) for blk in self.blocks]
+
+    def _first_block(self) -> Block:
+        return self.blocks[0]
+
+    def _stage_args(self) -> Dict[str, Any]:
+        return dict(embed_dim=self.feature_info[0]['num_chs'], depth=len(self.blocks))
 
     def forward_intermediates(
             self,
@@ -455,8 +499,8 @@ class GFNetPyramid(_GFNetBase):
         self._init_stem(img_size, patch_size, in_chans, embed_dim[0], num_classes, global_pool, pos_drop_rate,
                         dynamic_img_size, dynamic_img_pad, dd)
         # stochastic depth rises linearly over all blocks of all stages, as the authors do
-        dpr = calculate_drop_path_rates(drop_path_rate, sum(depth))
-        grid = self.patch_embed.grid_size
+        dpr = _drop_path_rates(drop_path_rate, sum(depth))
+        grid = self.grid_size
         stages = []
         self.feature_info = []
         for i in range(num_stages):
@@ -478,7 +522,7 @@ class GFNetPyramid(_GFNetBase):
                 **dd,
             ))
             self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=patch_size * 2 ** i))
-            grid = (grid[0] // 2, grid[1] // 2)
+            grid = _halve(grid, dynamic_img_pad)
         self.stages = nn.Sequential(*stages)
         self.min_img_size = self.feature_info[-1]['reduction']
         self._init_head(embed_dim[-1], num_classes, drop_rate, norm_layer, dd)
@@ -500,8 +544,18 @@ class GFNetPyramid(_GFNetBase):
             s.grad_checkpointing = enable
 
     def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
-        # each stage halves the grid (floor), as built in __init__
-        return [(blk.filter, (grid[0] >> i, grid[1] >> i)) for i, s in enumerate(self.stages) for blk in s.blocks]
+        # each stage after the first halves the grid, as built in __init__
+        out = []
+        for i, stage in enumerate(self.stages):
+            grid = _halve(grid, self.patch_embed.dynamic_img_pad) if i else grid
+            out += [(blk.filter, grid) for blk in stage.blocks]
+        return out
+
+    def _first_block(self) -> Block:
+        return self.stages[0].blocks[0]
+
+    def _stage_args(self) -> Dict[str, Any]:
+        return dict(embed_dim=[f['num_chs'] for f in self.feature_info], depth=[len(s.blocks) for s in self.stages])
 
     def forward_intermediates(
             self,
@@ -570,24 +624,79 @@ def _authors_to_timm_key(k: str) -> str:
     return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
 
 
+def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
+    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height (the
+    first stage's, for the hierarchical family), its width what pos_embed's tokens leave; square without filters.
+    None without a pos_embed (`check_fits` names it missing)."""
+    if 'pos_embed' not in state_dict:
+        return None
+    n = state_dict['pos_embed'].shape[1]
+    first = state_dict.get('blocks.0.filter.complex_weight', state_dict.get('stages.0.blocks.0.filter.complex_weight'))
+    h = first.shape[0] if first is not None else round(n ** 0.5)
+    if h < 1 or n % h:
+        raise ValueError(f'pos_embed holds {n} tokens, which is no grid of height {h} (the first filter\'s): the '
+                         f'checkpoint is damaged or not a GFNet.')
+    return h, n // h
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Map an authors' checkpoint (or our own) onto `model`'s keys, resampling position embedding and filters to its
     size (bicubic, the authors' fine-tuning recipe). Accepts their full training checkpoints (weights under 'model')
-    and DDP `module.` prefixes. Checks live in `checkpoint.load_weights`."""
+    and DDP `module.` prefixes. Checks live in `checkpoint` (`pretrained_weights` before building, `check_fits`
+    after this)."""
     state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
     target = model.state_dict()
     out = {}
     for k, v in state_dict.items():
         if k in target and v.shape != target[k].shape:
-            if k == 'pos_embed':
-                old_h = next(t.shape[0] for n, t in state_dict.items() if n.endswith('filter.complex_weight'))
+            if k == 'pos_embed' and checkpoint_grid(state_dict) is not None:
                 v = resample_abs_pos_embed(
-                    v, model.patch_embed.grid_size, (old_h, v.shape[1] // old_h), num_prefix_tokens=0,
-                    antialias=False)
+                    v, model.grid_size, checkpoint_grid(state_dict), num_prefix_tokens=0, antialias=False)
             elif k.endswith('filter.complex_weight') and v.shape[2] == target[k].shape[2]:
                 v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
         out[k] = v
     return out
+
+
+def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Model kwargs that load the pretrained weights as they are: read and checked once (`pretrained_weights`), then
+    timm builds the model at their own image size, input channels and classes unless the caller asks otherwise
+    (`img_size=` resamples, another `num_classes` resets the head, as timm does)."""
+    depth, dim = kwargs['depth'], kwargs['embed_dim']
+    arch = (tuple(depth), tuple(dim)) if isinstance(depth, (tuple, list)) else ((depth,), (dim,))
+    weights = pretrained_weights(variant, kwargs, arch)
+    if weights is None:
+        return kwargs
+    state_dict = {_authors_to_timm_key(k): v for k, v in weights.state_dict.items()}
+    stem = state_dict.get('patch_embed.proj.weight')
+    grid = checkpoint_grid(state_dict)
+    if stem is None or grid is None:
+        return kwargs  # not a whole GFNet: check_fits names what is missing
+    in_chans, patch = stem.shape[1], tuple(stem.shape[2:])
+    size = weights.img_size
+    if size is None or _token_grid(size, patch, kwargs.get('dynamic_img_pad', False)) != grid:
+        size = (grid[0] * patch[0], grid[1] * patch[1])
+    head = state_dict.get('head.weight')
+    overlay = dict(
+        kwargs.get('pretrained_cfg_overlay') or {},
+        # timm's own loader takes the weights from here: no second read, and no source it would read again
+        state_dict=state_dict, source='', file=None, custom_load=False,
+        # what timm builds by default: the weights' own classes and input (`_update_default_model_kwargs`)
+        num_classes=head.shape[0] if head is not None else 0, input_size=(in_chans, *size))
+    return dict(kwargs, pretrained_cfg_overlay=overlay)
+
+
+def _load_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """What timm's loader applies: the authors' layout mapped and resampled (`checkpoint_filter_fn`), then checked
+    to fit with one error naming every key. Says in a log line what it changed."""
+    grid = checkpoint_grid(state_dict)
+    if grid is not None and grid != model.grid_size:
+        _logger.info(f'Resampled pos_embed and the filters from a {_x(grid)} to a {_x(model.grid_size)} token grid.')
+    head = state_dict.get('head.weight')
+    if head is not None and head.shape[0] != model.num_classes:
+        _logger.info(f'The checkpoint\'s {head.shape[0]}-class head was replaced by a new one: num_classes='
+                     f'{model.num_classes}.')
+    return check_fits(checkpoint_filter_fn(state_dict, model), model)
 
 
 def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFNet, GFNetPyramid]:
@@ -601,15 +710,21 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
     default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
     out_indices = kwargs.pop('out_indices', default_out_indices)
     if pretrained:
-        kwargs = resolve_pretrained_source(variant, kwargs)
-    return build_model_with_cfg(
+        kwargs = _sized_to_weights(variant, kwargs)
+    model = build_model_with_cfg(
         GFNetPyramid if hierarchical else GFNet,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=_load_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    for m in (model, getattr(model, 'model', None)):  # a features_only wrapper may hold the model
+        if isinstance(getattr(m, 'pretrained_cfg', None), dict):
+            m.pretrained_cfg.pop('state_dict', None)  # the cfg describes the weights, it keeps no copy of them
+    if isinstance(model, _GFNetBase):
+        record_input_size(model, model.patch_embed.img_size)
+    return model
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -619,8 +734,6 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        # authors' files hold an argparse.Namespace: our loader reads them safely (GFNet.load_pretrained)
-        'custom_load': True,
         'license': 'mit', 'paper_ids': 'arXiv:2107.00645', 'paper_name': 'Global Filter Networks for Image '
         'Classification', 'origin_url': 'https://github.com/raoyongming/GFNet',
         **kwargs,

@@ -285,8 +285,9 @@ def _dft_filter(
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    # 'meta' (shape and FLOP counting) has no autocast: asking it would raise
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    # 'meta' (shape and FLOP counting) has no autocast: asking it would raise (torch.amp.is_autocast_available
+    # would say so, but breaks the graph in torch < 2.7's dynamo)
+    if device_type != 'meta' and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 

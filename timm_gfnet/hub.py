@@ -7,7 +7,6 @@ pickle files) and the model card as `README.md` (`cards.generate_card`). The upl
 huggingface_hub (`HfApi.upload_folder`), which shows its own progress bars. Hub failures become `HubError`s with a
 one-line message that names the problem and the fix.
 """
-import inspect
 import json
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -17,7 +16,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.data import infer_imagenet_subset
-from timm.models import get_model_args, save_for_hf
+from timm.models import save_for_hf
 
 from .cards import generate_card
 from .checkpoint import load_model
@@ -48,15 +47,9 @@ def _architecture_args(model: nn.Module) -> Dict[str, Any]:
     timm's own Hub configs keep only these in `model_args`: `num_classes` has its own key, and clients such as
     transformers' TimmWrapper pass it to `create_model` themselves (a second copy fails there).
     """
-    def plain(args: Dict[str, Any]) -> Dict[str, Any]:
-        return json.loads(json.dumps(args))  # tuples and lists compare alike
-
-    name = model.pretrained_cfg['architecture']
     with torch.device('meta'):
-        default = plain(get_model_args(timm.create_model(name)))
-    accepted = inspect.signature(type(model)).parameters
-    return {k: v for k, v in plain(get_model_args(model)).items()
-            if k in accepted and k != 'num_classes' and (k not in default or default[k] != v)}
+        default = timm.create_model(model.pretrained_cfg['architecture']).architecture_args()
+    return {k: v for k, v in model.architecture_args().items() if default.get(k) != v}
 
 
 def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:

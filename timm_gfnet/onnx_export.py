@@ -34,7 +34,8 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = torch.randn(batch_size, *_input_size(model))
-    dynamic_shapes = {'x': {0: torch.export.Dim('batch', min=1, max=4096)}} if dynamic_batch else None
+    # positional: torch < 2.7 renames a dict of them after input_names and then fails to find 'x'
+    dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=4096)},) if dynamic_batch else None
     with torch.no_grad():
         program = torch.onnx.export(
             model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,

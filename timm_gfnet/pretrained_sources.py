@@ -1,23 +1,38 @@
-"""Where `pretrained=True` gets its weights.
+"""Where `pretrained=True` gets its weights, read and checked once for every source.
 
-Order: an explicit file / state_dict / `hf-hub:` / `local-dir:` source; a Hugging Face Hub repository of converted
+Order: an explicit state_dict / file / `hf-hub:` / `local-dir:` source; a Hugging Face Hub repository of converted
 weights (the cfg's `hf_hub_id`, or `TIMM_GFNET_HF_HUB_ORG=<org>` for `<org>/<model>.<tag>`), falling back to the
 authors' link while that repository does not exist; else the authors' direct download link, fetched once into
-timm's cache (`$TORCH_HOME/hub/checkpoints`, or `cache_dir=`) under a proper file name and converted when loaded.
+timm's cache (`$TORCH_HOME/hub/checkpoints`, or `cache_dir=`) under a name made from the link (another link is
+another file) and converted when loaded.
 """
+import hashlib
 import http.client
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
+import torch
 from timm.models import resolve_pretrained_cfg
 from timm.models._hub import get_cache_dir, hf_split
 
-__all__ = ['resolve_pretrained_source', 'download_authors_checkpoint', 'PretrainedUnavailableError']
+from .checkpoint import (
+    WEIGHT_FILES,
+    Arch,
+    CheckpointError,
+    check_architecture,
+    check_values,
+    read_weights,
+    unwrap_state_dict,
+)
+
+__all__ = ['PretrainedWeights', 'pretrained_weights', 'download_authors_checkpoint', 'authors_cache_name',
+           'PretrainedUnavailableError']
 
 _logger = logging.getLogger(__name__)
 
@@ -68,6 +83,12 @@ def _fetch(url: str, dst: Path, progress: bool = True) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def authors_cache_name(url: str, architecture: str, tag: str) -> str:
+    """The cache file of an authors' link: named for the model and keyed by the link itself, so another link (a
+    `pretrained_cfg_overlay` url, a mirror) is another file, never the one cached for the first."""
+    return f'{architecture}.{tag or "default"}-{hashlib.sha256(url.encode()).hexdigest()[:12]}.pth'
+
+
 def download_authors_checkpoint(
         url: str,
         filename: str,
@@ -105,40 +126,73 @@ def _hub_checkpoint(hub_id: str, cache_dir: str | Path | None) -> str:
 
     from . import __version__
     repo_id, revision = hf_split(hub_id)
-    try:
-        return hf_hub_download(
-            repo_id, HUB_FILENAME, revision=revision, cache_dir=cache_dir,
-            library_name='timm-gfnet', library_version=__version__)
-    except (OSError, EntryNotFoundError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PretrainedUnavailableError(f'No {HUB_FILENAME} from Hub repository {hub_id} ({reason}).') from None
+    for filename in WEIGHT_FILES:  # safetensors first, as timm does; pytorch_model.bin from older pushes
+        try:
+            return hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir,
+                library_name='timm-gfnet', library_version=__version__)
+        except EntryNotFoundError:
+            continue
+        except OSError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PretrainedUnavailableError(f'No {filename} from Hub repository {hub_id} ({reason}).') from None
+    raise PretrainedUnavailableError(f'Hub repository {hub_id} holds no weights ({" or ".join(WEIGHT_FILES)}).')
 
 
-def resolve_pretrained_source(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Model kwargs whose `pretrained_cfg_overlay` names the local file the weights come from."""
-    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=overlay)
-    if cfg.source in ('hf-hub', 'local-dir') or cfg.state_dict is not None:
-        return kwargs
-    # timm resets custom_load for a file source; ours reads authors' files safely and prefers "model" to EMA
-    overlay['custom_load'] = True
+def _locate(cfg: Any, cache_dir: str | Path | None) -> Tuple[Optional[Path], bool]:
+    """(local file or folder of the weights, whether it is a download this package cached) for a resolved cfg."""
+    if cfg.source == 'local-dir':
+        return Path(cfg.file), False
+    if cfg.source == 'hf-hub':
+        return Path(_hub_checkpoint(cfg.hf_hub_id, cache_dir)), True
     if cfg.file:
-        return dict(kwargs, pretrained_cfg_overlay=overlay)
-
-    cache_dir = kwargs.get('cache_dir')
+        return Path(cfg.file), False
     org = os.environ.get(HUB_ORG_ENV)
     hub_id = f'{org}/{cfg.architecture}.{cfg.tag}' if org and cfg.tag else f'{org}/{cfg.architecture}' if org \
         else cfg.hf_hub_id
     if hub_id:
         try:
-            overlay['file'] = _hub_checkpoint(hub_id, cache_dir)
-            return dict(kwargs, pretrained_cfg_overlay=overlay)
+            return Path(_hub_checkpoint(hub_id, cache_dir)), True
         except PretrainedUnavailableError as e:
             if not cfg.url:
                 raise PretrainedUnavailableError(f'{e} {_how_to_proceed()}') from None
             _logger.warning(f"{e} Using the authors' release instead.")
     if not cfg.url:
-        return kwargs  # timm reports that no weights exist
-    overlay['file'] = download_authors_checkpoint(
-        cfg.url, f'{cfg.architecture}.{cfg.tag or "default"}.pth', cache_dir=cache_dir)
-    return dict(kwargs, pretrained_cfg_overlay=overlay)
+        return None, False  # timm reports that no weights exist
+    name = authors_cache_name(cfg.url, cfg.architecture, cfg.tag)
+    return Path(download_authors_checkpoint(cfg.url, name, cache_dir=cache_dir)), True
+
+
+@dataclass
+class PretrainedWeights:
+    state_dict: Dict[str, torch.Tensor]
+    # the image size the source says the weights were trained at (the authors' args.input_size, else the cfg's)
+    img_size: Optional[Tuple[int, int]]
+
+
+def pretrained_weights(variant: str, kwargs: Dict[str, Any], arch: Arch) -> Optional[PretrainedWeights]:
+    """The weights `pretrained=True` loads for `variant` built with `kwargs`, read once and checked once whatever
+    the source (a state_dict, a file, a folder, the Hub, the authors' link): floating point, finite, and of the
+    architecture `arch`. None when the cfg names no weights. An error about a cached download names the file and
+    how to clear it."""
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=overlay)
+    cfg_size = tuple(cfg.input_size[-2:]) if cfg.input_size else None
+    if cfg.state_dict is not None:
+        path, cached = None, False
+        state_dict, img_size = unwrap_state_dict(cfg.state_dict), None
+    else:
+        path, cached = _locate(cfg, kwargs.get('cache_dir'))
+        if path is None:
+            return None
+    try:
+        if path is not None:
+            state_dict, img_size = read_weights(path)
+        check_values(state_dict)
+        check_architecture(state_dict, variant, arch)
+    except CheckpointError as e:
+        if not cached:
+            raise
+        raise CheckpointError(f'{e} It came from the download cached at {path}: delete that file to fetch it '
+                              f'again.') from None
+    return PretrainedWeights(state_dict, img_size or cfg_size)

@@ -12,20 +12,69 @@ DISABLE_ENV = 'TIMM_DISABLE_PLUGINS'
 
 
 def load_plugins() -> None:
-    """Import every plugin module of the group; a broken plugin warns instead of breaking timm."""
+    """Import every plugin module of the group; a broken plugin warns instead of breaking timm.
+
+    An entry point may name a model (`name = "module:entrypoint"`): if its module fails to import, the model is
+    registered anyway, as a stub whose `create_model` error says why and how to fix it (instead of timm's bare
+    "Unknown model")."""
+    import importlib
     import warnings
     from importlib.metadata import entry_points
 
+    by_module = {}
     for ep in entry_points(group=GROUP):
+        by_module.setdefault(ep.module, []).append(ep)
+    for module, eps in by_module.items():
         try:
-            ep.load()
+            importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - any plugin error must not break `import timm`
-            warnings.warn(
-                f'timm plugin {ep.name!r} ({ep.value}) failed to load and was skipped: {e!r}. '
-                f'Set {DISABLE_ENV}=1 to skip all plugins.',
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            why = _why(eps[0], e)
+            warnings.warn(f'timm plugin {module!r} failed to load and was skipped: {why} Set {DISABLE_ENV}=1 to skip '
+                          f'all plugins.', RuntimeWarning, stacklevel=2)
+            _register_stubs([ep.attr for ep in eps if ep.attr], why)
+
+
+def _why(ep, error: Exception) -> str:
+    """The import error, and the requirement of the plugin's distribution that the installed packages miss."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = getattr(ep, 'dist', None)
+    unmet = []
+    try:
+        from packaging.requirements import Requirement  # with pip, setuptools, torch and huggingface_hub: not stdlib
+    except ImportError:
+        Requirement = None
+    for text in (dist.requires or []) if dist is not None and Requirement is not None else []:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({'extra': ''}):
+            continue  # an extra's requirement, or another platform's
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            installed = None
+        if installed is None or not req.specifier.contains(installed, prereleases=True):
+            unmet.append((str(req), f'{req.name} {installed}' if installed else f'no {req.name}'))
+    plugin = f'{dist.metadata["Name"]} {dist.version}' if dist is not None else repr(ep.value)
+    if unmet:
+        fix = ' '.join(f"'{r}'" for r, _ in unmet)
+        return (f'{error!r}. {plugin} needs {", ".join(r for r, _ in unmet)} and this environment has '
+                f'{", ".join(h for _, h in unmet)}: pip install {fix}')
+    return f'{error!r} ({plugin}: its requirements are installed; reinstall it, or report the error).'
+
+
+def _register_stubs(names, why: str) -> None:
+    from timm.models import is_model, register_model
+
+    def stub(name):
+        def entrypoint(pretrained=False, **kwargs):
+            raise RuntimeError(f'{name} could not be created: the timm plugin that provides it failed to load: {why}')
+        entrypoint.__name__ = entrypoint.__qualname__ = name
+        entrypoint.__module__ = __name__  # timm's registry looks the module up in sys.modules
+        return entrypoint
+
+    for name in names:
+        if not is_model(name):  # a module that failed halfway may have registered some
+            register_model(stub(name))
 
 
 class _TimmImportHook:
