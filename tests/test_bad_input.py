@@ -158,7 +158,11 @@ def test_non_finite_input_stays_in_its_image(kind):
 
 GLOBAL_FILTER_CASES = [
     ('tokens do not match spatial_size', dict(spatial_size=(6, 10)), (2, 59, 16),
-     'GlobalFilter got 59 tokens but spatial_size 6x10 holds 60.'),
+     'GlobalFilter got 59 tokens but spatial_size 6x10 holds 60: pass the grid the tokens come from.'),
+    ('spatial_size of another rank', dict(spatial_size=(12,)), (2, 12, 16),
+     'GlobalFilter takes spatial_size=(H, W): 2 positive sizes, got (12,).'),
+    ('negative spatial_size', dict(spatial_size=(-6, -10)), (2, 60, 16),
+     'GlobalFilter takes spatial_size=(H, W): 2 positive sizes, got (-6, -10).'),
     ('tokens not a square, no spatial_size', {}, (2, 60, 16),
      'GlobalFilter got 60 tokens, which is not a square grid: pass spatial_size=(H, W).'),
     ('rank 2', {}, (60, 16),
@@ -168,8 +172,8 @@ GLOBAL_FILTER_CASES = [
     ('channels first', {}, (2, 16, 6, 10),
      'GlobalFilter has 16 channels, got input with 10 (channels last).'),
     ('other grid, fixed size', {}, (2, 7, 10, 16),
-     'GlobalFilter was built for a 6x10 token grid and got 7x10: create the model with img_size= for that input, '
-     'or with dynamic_img_size=True.'),
+     'GlobalFilter was built for a 6x10 token grid and got 7x10: create the layer with dynamic_size=True to '
+     'resample its filter to other sizes.'),
 ]
 
 

@@ -56,7 +56,6 @@ def test_bench_quick_smoke(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--sizes', '100'], 'multiples of 32'),
     (['--model', 'gfnet_zz'], "Unknown model 'gfnet_zz'"),
     (['--device', 'cuda'], 'no CUDA device'),
 ])

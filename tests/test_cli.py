@@ -27,7 +27,7 @@ def converted(tmp_path_factory):
 
 def test_convert_recognises_variant_and_round_trips(converted):
     ckpt, out, stdout = converted
-    assert 'gfnet_h_ti (recognised from its shapes)' in stdout and 'outputs match the source' in stdout
+    assert 'gfnet_h_ti (recognised from its shapes)' in stdout and "reproduces the source's outputs" in stdout
     assert sorted(p.name for p in out.iterdir()) == ['config.json', 'model.safetensors']  # no pickle files
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'gfnet_h_ti' and config['num_classes'] == 1000

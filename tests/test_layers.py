@@ -170,9 +170,14 @@ def test_bad_input_is_one_line_value_error(make, shape, message):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="^GlobalFilter3d takes fmt='NDHWC' or 'NCDHW', got 'NCHW'.$"):
         GlobalFilter3d(4, 4, fmt='NCHW')
-    with pytest.raises(ValueError, match=r'^GlobalFilter1d grid_size must be 1 positive sizes, got \(4, 4\).$'):
+    with pytest.raises(ValueError, match=r'^GlobalFilter1d grid_size takes 1 positive whole number \(L,\), '
+                                         r'got \(4, 4\).$'):
         GlobalFilter1d(4, (4, 4))
-    with pytest.raises(ValueError, match=r'^GlobalFilter3d got 24 tokens but spatial_size 2x3x5 holds 30.$'):
+    # fractional, negative, zero and boolean sizes: refused, never truncated
+    for bad in (3.5, (6, 3.5), (6, -10), 0, (6, 0), True, '6'):
+        with pytest.raises(ValueError, match=r'^GlobalFilter grid_size takes 2 positive whole numbers \(H, W\), '):
+            GlobalFilter(4, bad)
+    with pytest.raises(ValueError, match=r'^GlobalFilter3d got 24 tokens but spatial_size 2x3x5 holds 30'):
         GlobalFilter3d(4, (2, 3, 4))(torch.randn(1, 24, 4), spatial_size=(2, 3, 5))
     from timm.layers import Format
     assert GlobalFilter(4, 6, fmt=Format.NCHW).fmt == 'NCHW'  # timm's format enum works too

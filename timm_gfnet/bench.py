@@ -185,7 +185,13 @@ def _create(name: str, device: torch.device, **kwargs) -> nn.Module:
     import timm
     if not timm.is_model(name):
         raise ValueError(f'Unknown model {name!r}: pass a timm model name (see `timm-gfnet models`).')
-    return timm.create_model(name, **kwargs).to(device).eval()
+    try:
+        return timm.create_model(name, **kwargs).to(device).eval()
+    except TypeError:
+        if 'dynamic_img_size' not in kwargs:
+            raise
+        # not a ViT-like model (e.g. a CNN): it takes any input size as it is
+        return timm.create_model(name).to(device).eval()
 
 
 def _label(model_name: str, backend: str) -> str:
@@ -616,7 +622,7 @@ def plot_resolution(result: Dict[str, Any], path: str) -> Optional[str]:
     res = [r for r in result['rows'] if r.suite == 'resolution']
     if not res:
         return None
-    from .viz import pyplot
+    from .viz import pyplot, save_figure
     plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -645,6 +651,6 @@ def plot_resolution(result: Dict[str, Any], path: str) -> Optional[str]:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['device']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

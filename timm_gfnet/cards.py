@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
+from .atomic import write_text
 from .flops import FFT_CONVENTION, profile_model
 from .gfnet import GFNet
 from .published import PUBLISHED
@@ -275,7 +276,7 @@ def write_cards(out_dir: Union[str, Path], names: Optional[Sequence[str]] = None
     written = []
     for name in names:
         path = _card_path(out_dir, name)
-        path.write_text(str(generate_card(name)), encoding='utf-8')
+        write_text(path, str(generate_card(name)))
         written.append(path)
     return written
 

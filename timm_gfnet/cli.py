@@ -6,6 +6,40 @@ from typing import List, Optional
 __all__ = ['main']
 
 
+# argparse types: a bad value is argparse's own one-line usage error, before any work starts
+def _count(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text} is not a positive number')
+    return value
+
+
+def _image_side(text: str) -> int:
+    """An image side for the benchmarks: a positive multiple of 32 (patch 16, and the hierarchical stride 32)."""
+    value = _count(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f'{value} is not a multiple of 32 (the largest stride of the models)')
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'{text} is not a positive number')
+    return value
+
+
+def _size_of(model) -> str:
+    return 'x'.join(map(str, model.patch_embed.img_size))
+
+
 def _models(args: argparse.Namespace) -> None:
     import timm
 
@@ -37,12 +71,13 @@ def _convert(args: argparse.Namespace) -> None:
 
     result = convert_checkpoint(args.checkpoint, args.out, model_name=args.model)
     how = 'recognised from its shapes' if args.model is None else 'as given'
+    h, w = result['img_size']
     print(f"{args.checkpoint}: {result['model']} ({how}), {result['params'] / 1e6:.2f}M parameters, "
-          f"{result['num_classes']}-class head")
+          f"{result['num_classes']}-class head, {h}x{w} images of {result['in_chans']} channels (its own)")
+    print(f"  checked before writing: timm.create_model('local-dir:...') reproduces the source's outputs "
+          f"(max abs diff {result['max_abs_diff']:.1e})")
     for f in result['files']:
         print(f'  wrote {f}')
-    print(f"  reloaded with timm.create_model('local-dir:{args.out}'): outputs match the source "
-          f"(max abs diff {result['max_abs_diff']:.1e})")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -104,27 +139,30 @@ def _recipe(args: argparse.Namespace) -> None:
     if args.out is None:
         sys.stdout.write(text)
         return
-    from pathlib import Path
+    from .atomic import write_text
 
-    Path(args.out).write_text(text, encoding='utf-8')
-    print(f'wrote {args.out}')
+    print(f'wrote {write_text(args.out, text)}')
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
+    from .atomic import atomic_path
     from .onnx_export import check_onnx, export_onnx
 
-    model = _model_from_args(args, **({'img_size': args.img_size} if args.img_size else {}))
-    path = export_onnx(model, args.out, opset=args.opset)
+    model = _model_from_args(args, img_size=args.img_size)
     c, h, w = model.in_chans, *model.patch_embed.img_size
-    print(f'wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
+    with atomic_path(args.out) as tmp:  # checked before it replaces anything at --out
+        export_onnx(model, tmp, opset=args.opset)
+        size = tmp.stat().st_size
+        if not args.no_check:
+            info = check_onnx(model, tmp)
+            if info['max_abs_diff'] > args.tolerance:
+                raise CliError(f"onnxruntime differs from PyTorch by {info['max_abs_diff']:.1e} (tolerance "
+                               f'{args.tolerance:.0e}), so nothing was written: please report this with the model '
+                               f'name and onnxruntime version.')
+            print(f"onnxruntime matches PyTorch: max abs diff {info['max_abs_diff']:.1e} at batch sizes "
+                  f"{', '.join(map(str, info['batch_sizes']))}; ops: {' '.join(info['ops'])}")
+    print(f'wrote {args.out} ({size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
           f'dynamic batch; output "output"')
-    if not args.no_check:
-        info = check_onnx(model, path)
-        if info['max_abs_diff'] > args.tolerance:
-            raise CliError(f"onnxruntime differs from PyTorch by {info['max_abs_diff']:.1e} (tolerance "
-                           f'{args.tolerance:.0e}): please report this with the model name and onnxruntime version.')
-        print(f"onnxruntime matches PyTorch: max abs diff {info['max_abs_diff']:.1e} at batch sizes "
-              f"{', '.join(map(str, info['batch_sizes']))}; ops: {' '.join(info['ops'])}")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -138,7 +176,7 @@ def _bench(args: argparse.Namespace) -> None:
     suites = list(SUITES) if 'all' in suites else list(dict.fromkeys(suites))
     result = run_bench(
         suites=suites, model_name=args.model, baselines=args.baselines, sizes=args.sizes or preset['sizes'],
-        batch_size=args.batch_size or preset['batch_size'], repeats=args.repeats or preset['repeats'],
+        batch_size=args.batch_size or preset['batch_size'], repeats=args.repeats or preset['repeats'],  # None: unset
         train_max_size=preset['train_max_size'] if args.train_max_size is None else args.train_max_size,
         variants=args.variants, variant_sizes=args.variant_sizes, amp_dtype=args.amp_dtype, device=args.device,
         sample_s=preset['sample_s'], max_call_s=args.max_call_seconds, progress=not args.no_progress,
@@ -153,10 +191,10 @@ def _bench(args: argparse.Namespace) -> None:
         except ImportError as e:
             print(f'no plot: {e}')
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(result, rows=[asdict(r) for r in result['rows']],
-                           benchmark_choices={str(k): v for k, v in result['benchmark_choices'].items()}), f,
-                      indent=1)
+        from .atomic import write_text
+        write_text(args.json, json.dumps(dict(
+            result, rows=[asdict(r) for r in result['rows']],
+            benchmark_choices={str(k): v for k, v in result['benchmark_choices'].items()}), indent=1))
         print(f'results: {args.json}')
 
 
@@ -168,21 +206,28 @@ def _viz(args: argparse.Namespace) -> None:
     print(f'wrote {plot_filters(model, args.out, channels=args.channels, log=args.log)}: |filter| per layer ({what})')
 
 
-def _model_from_args(args: argparse.Namespace, **kwargs):
-    """The model of --model / --checkpoint / --pretrained, in eval mode, through the one loader."""
+def _model_from_args(args: argparse.Namespace, img_size: Optional[int] = None):
+    """The model of --model / --checkpoint / --pretrained, in eval mode, through the one loader: weights at their
+    own size, resampled to `img_size` only when it is given (and then said in one line)."""
     import timm
 
     from .checkpoint import load_model
 
-    if args.checkpoint is not None:
-        return load_model(args.checkpoint, model_name=args.model, **kwargs).eval()
-    if args.model is None:
+    if args.checkpoint is None and args.model is None:
         raise CliError('pass --model NAME or --checkpoint PATH.')
-    if args.model not in timm.list_models('gfnet*'):
+    if args.model is not None and args.model not in timm.list_models('gfnet*'):
         raise ValueError(f'Unknown model {args.model!r}: pick one of {", ".join(timm.list_models("gfnet*"))}.')
-    if args.pretrained:
-        return load_model(args.model, **kwargs).eval()
-    return timm.create_model(args.model, **kwargs).eval()
+    if args.checkpoint is not None:
+        model = load_model(args.checkpoint, model_name=args.model)
+    elif args.pretrained:
+        model = load_model(args.model)
+    else:  # random weights: built at the size asked for, nothing to resample
+        return timm.create_model(args.model, **({'img_size': img_size} if img_size else {})).eval()
+    if img_size and tuple(model.patch_embed.img_size) != (img_size, img_size):
+        own = _size_of(model)
+        model.set_input_size(img_size)
+        print(f'resampled pos_embed and the filters from the weights\' own {own} to {_size_of(model)} (--img-size)')
+    return model.eval()
 
 
 def _add_model_args(p: argparse.ArgumentParser, out_kind: str) -> None:
@@ -210,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('images', nargs='+', help='image files')
     p.add_argument('--model', default=None, help='variant name (default: from --checkpoint, else gfnet_s)')
     p.add_argument('--checkpoint', default=None, help='checkpoint file or converted directory (default: pretrained)')
-    p.add_argument('--topk', type=int, default=5, help='how many classes to show (default: 5)')
+    p.add_argument('--topk', type=_count, default=5, help='how many classes to show (default: 5)')
     p.set_defaults(func=_predict)
 
     p = sub.add_parser('push', help='upload weights, config.json and model card to a Hugging Face Hub repository')
@@ -242,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
     _add_model_args(p, 'ONNX')
-    p.add_argument('--img-size', type=int, default=None,
-                   help="export at this input size: filters and pos_embed resampled on load (default: the model's)")
-    p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
+    p.add_argument('--img-size', type=_count, default=None,
+                   help="export at this input size: filters and pos_embed resampled (default: the weights' own)")
+    p.add_argument('--opset', type=_count, default=None, help='ONNX opset (default: the exporter\'s)')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
-    p.add_argument('--tolerance', type=float, default=1e-4, help='max abs difference allowed (default: 1e-4)')
+    p.add_argument('--tolerance', type=_positive, default=1e-4, help='max abs difference allowed (default: 1e-4)')
     p.set_defaults(func=_export_onnx)
 
     p = sub.add_parser('bench', help='throughput, memory and training speed against the reference and timm ViTs')
@@ -258,16 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help='filter backends to time besides ours (auto) and the reference (fft)')
     p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
                    help='timm models to compare with (default: deit_small_patch16_224)')
-    p.add_argument('--sizes', nargs='+', type=int, default=None, help='input sizes (default: 224 ... 2048)')
-    p.add_argument('--batch-size', type=int, default=None,
+    p.add_argument('--sizes', nargs='+', type=_image_side, default=None,
+                   help='input sizes, multiples of 32 (default: 224 ... 2048)')
+    p.add_argument('--batch-size', type=_count, default=None,
                    help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
-    p.add_argument('--repeats', type=int, default=None, help='interleaved repeats per measurement (default: 5)')
-    p.add_argument('--train-max-size', type=int, default=None, help='largest size with a training step (512)')
+    p.add_argument('--repeats', type=_count, default=None, help='interleaved repeats per measurement (default: 5)')
+    p.add_argument('--train-max-size', type=int, default=None,
+                   help='largest size with a training step, 0 for none (default: 512)')
     p.add_argument('--variants', nargs='+', default=None, help='backends suite: variants (default: all)')
-    p.add_argument('--variant-sizes', nargs='+', type=int, default=[224, 512, 1024], help='backends suite: sizes')
+    p.add_argument('--variant-sizes', nargs='+', type=_image_side, default=[224, 512, 1024],
+                   help='backends suite: sizes')
     p.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), help='amp suite dtype')
     p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
-    p.add_argument('--max-call-seconds', type=float, default=120.,
+    p.add_argument('--max-call-seconds', type=_positive, default=120.,
                    help='a model slower than this per call is timed once (default: 120)')
     p.add_argument('--plot', default='gfnet_bench.png', help='PNG of the resolution sweep (default: gfnet_bench.png)')
     p.add_argument('--json', default=None, help='also write the measurements to this JSON file')
@@ -276,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('viz', help='picture of the learned filters (magnitude spectra per layer)')
     _add_model_args(p, 'PNG')
-    p.add_argument('--channels', type=int, default=None, help='show this many single channels per layer')
+    p.add_argument('--channels', type=_count, default=None, help='show this many single channels per layer')
     p.add_argument('--log', action='store_true', help='log magnitude')
     p.set_defaults(func=_viz)
 
@@ -294,7 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CliError, ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
         print(f'timm-gfnet {args.command}: error: {e}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outputs are written all or nothing (atomic.py): say so, no traceback
+        print(f'timm-gfnet {args.command}: interrupted; no output was left half-written.', file=sys.stderr)
         return 130
     return 0
 

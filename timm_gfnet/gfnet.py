@@ -29,10 +29,10 @@ from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, re
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import check_fits, unwrap_state_dict
+from .checkpoint import CheckpointError, check_fits, unwrap_state_dict
 from .compat import record_input_size, timm_layer
 from .global_filter import GlobalFilter, resample_filter
-from .pretrained_sources import pretrained_weights
+from .pretrained_sources import PretrainedWeights, pretrained_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -658,7 +658,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     return out
 
 
-def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[PretrainedWeights]]:
     """Model kwargs that load the pretrained weights as they are: read and checked once (`pretrained_weights`), then
     timm builds the model at their own image size, input channels and classes unless the caller asks otherwise
     (`img_size=` resamples, another `num_classes` resets the head, as timm does)."""
@@ -666,12 +666,12 @@ def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     arch = (tuple(depth), tuple(dim)) if isinstance(depth, (tuple, list)) else ((depth,), (dim,))
     weights = pretrained_weights(variant, kwargs, arch)
     if weights is None:
-        return kwargs
+        return kwargs, None
     state_dict = {_authors_to_timm_key(k): v for k, v in weights.state_dict.items()}
     stem = state_dict.get('patch_embed.proj.weight')
     grid = checkpoint_grid(state_dict)
     if stem is None or grid is None:
-        return kwargs  # not a whole GFNet: check_fits names what is missing
+        return kwargs, weights  # not a whole GFNet: check_fits names what is missing
     in_chans, patch = stem.shape[1], tuple(stem.shape[2:])
     size = weights.img_size
     if size is None or _token_grid(size, patch, kwargs.get('dynamic_img_pad', False)) != grid:
@@ -683,7 +683,7 @@ def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         state_dict=state_dict, source='', file=None, custom_load=False,
         # what timm builds by default: the weights' own classes and input (`_update_default_model_kwargs`)
         num_classes=head.shape[0] if head is not None else 0, input_size=(in_chans, *size))
-    return dict(kwargs, pretrained_cfg_overlay=overlay)
+    return dict(kwargs, pretrained_cfg_overlay=overlay), weights
 
 
 def _load_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -709,16 +709,20 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
     # isotropic: four evenly spaced blocks (as dense-prediction heads for plain ViTs take them)
     default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
     out_indices = kwargs.pop('out_indices', default_out_indices)
+    weights = None
     if pretrained:
-        kwargs = _sized_to_weights(variant, kwargs)
-    model = build_model_with_cfg(
-        GFNetPyramid if hierarchical else GFNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=_load_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+        kwargs, weights = _sized_to_weights(variant, kwargs)
+    try:
+        model = build_model_with_cfg(
+            GFNetPyramid if hierarchical else GFNet,
+            variant,
+            pretrained,
+            pretrained_filter_fn=_load_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
+    except CheckpointError as e:
+        raise (weights.blame_cache(e) if weights is not None else e) from None
     for m in (model, getattr(model, 'model', None)):  # a features_only wrapper may hold the model
         if isinstance(getattr(m, 'pretrained_cfg', None), dict):
             m.pretrained_cfg.pop('state_dict', None)  # the cfg describes the weights, it keeps no copy of them

@@ -168,6 +168,15 @@ class PretrainedWeights:
     state_dict: Dict[str, torch.Tensor]
     # the image size the source says the weights were trained at (the authors' args.input_size, else the cfg's)
     img_size: Optional[Tuple[int, int]]
+    # the downloaded file they were read from, when this package's download or the Hub's cache holds it
+    cached: Optional[Path] = None
+
+    def blame_cache(self, error: CheckpointError) -> CheckpointError:
+        """`error`, telling which cached download it came from and how to clear it."""
+        if self.cached is None:
+            return error
+        return CheckpointError(f'{error} It came from the download cached at {self.cached.resolve()}: delete that '
+                               f'file to fetch it again.')
 
 
 def pretrained_weights(variant: str, kwargs: Dict[str, Any], arch: Arch) -> Optional[PretrainedWeights]:
@@ -185,14 +194,13 @@ def pretrained_weights(variant: str, kwargs: Dict[str, Any], arch: Arch) -> Opti
         path, cached = _locate(cfg, kwargs.get('cache_dir'))
         if path is None:
             return None
+    weights = PretrainedWeights({}, None, path if cached else None)
     try:
         if path is not None:
             state_dict, img_size = read_weights(path)
         check_values(state_dict)
         check_architecture(state_dict, variant, arch)
     except CheckpointError as e:
-        if not cached:
-            raise
-        raise CheckpointError(f'{e} It came from the download cached at {path}: delete that file to fetch it '
-                              f'again.') from None
-    return PretrainedWeights(state_dict, img_size or cfg_size)
+        raise weights.blame_cache(e) from None
+    weights.state_dict, weights.img_size = state_dict, img_size or cfg_size
+    return weights

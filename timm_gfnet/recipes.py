@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
+from .atomic import write_text
+
 __all__ = [
     'TASKS', 'RecipeDriftError', 'load_training_data', 'recipe_models', 'authors_arch', 'authors_run',
     'authors_lr', 'recipe_values', 'generate_recipe', 'recipe_path', 'write_recipes', 'check_recipes',
@@ -377,7 +379,7 @@ def write_recipes(out_dir: Union[str, Path] = 'recipes') -> List[Path]:
     written = []
     for model, task in _all():
         path = recipe_path(out_dir, model, task)
-        path.write_text(generate_recipe(model, task), encoding='utf-8')
+        write_text(path, generate_recipe(model, task))
         written.append(path)
     return written
 

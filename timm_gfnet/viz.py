@@ -5,14 +5,15 @@ Each layer's filter is stored as the half spectrum (h, w // 2 + 1) of a real sig
 the centre, averaged over channels or for single channels.
 """
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_path
 from .global_filter import GlobalFilter
 
-__all__ = ['filter_spectra', 'full_magnitude', 'plot_filters', 'pyplot']
+__all__ = ['filter_spectra', 'full_magnitude', 'plot_filters', 'pyplot', 'save_figure']
 
 
 def pyplot():
@@ -24,6 +25,16 @@ def pyplot():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(fig: Any, out: Union[str, Path], dpi: int) -> Path:
+    """`fig.savefig` to exactly `out` (matplotlib would add '.png' to a name without a suffix), all or nothing."""
+    out = Path(out)
+    known = fig.canvas.get_supported_filetypes()
+    fmt = out.suffix[1:].lower() if out.suffix[1:].lower() in known else 'png'
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+    return out
 
 
 def full_magnitude(weight: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
@@ -45,6 +56,10 @@ def filter_spectra(
 ) -> List[Tuple[str, torch.Tensor]]:
     """(layer name, spectra) for every GlobalFilter: (1, h, w) channel mean, or (channels, h, w) single channels."""
     out = []
+    widths = [m.dim for m in model.modules() if isinstance(m, GlobalFilter)]
+    if channels is not None and widths and not 1 <= channels <= min(widths):
+        raise ValueError(f'channels={channels}: the narrowest filter layer has {min(widths)} channels; pass '
+                         f'1 to {min(widths)}, or leave it out for the mean over channels.')
     for name, m in model.named_modules():
         if isinstance(m, GlobalFilter):
             mag = full_magnitude(m.complex_weight, m.grid_size)
@@ -62,7 +77,8 @@ def plot_filters(
         title: Optional[str] = None,
         log: bool = False,
 ) -> Path:
-    """Write a PNG with one panel per layer (a row of `channels` panels per layer when given)."""
+    """Write a picture with one panel per layer (a row of `channels` panels per layer when given) to `out`, exactly
+    that path, all or nothing; its format follows the suffix (PNG when it has none matplotlib knows)."""
     plt = pyplot()
     spectra = filter_spectra(model, channels)
     n = len(spectra)
@@ -83,8 +99,6 @@ def plot_filters(
             ax.set_title(label if channels is None else f'{label} c{j}', fontsize=7)
     fig.suptitle(title or 'learned global filters: |filter|, zero frequency at the centre', fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out = save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out
