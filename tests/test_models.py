@@ -48,12 +48,12 @@ def test_layer_norms_are_the_authors(name):
 def test_pretrained_cfg(name):
     cfg = timm.models.get_pretrained_cfg(f'{name}.in1k').to_dict()
     assert cfg['url'] == VARIANTS[name.replace('_', '-')]['published']['url']
-    assert cfg['input_size'] == (3, 224, 224) and cfg['interpolation'] == 'bicubic' and cfg['crop_pct'] == 0.9
+    assert cfg['input_size'] == (3, 224, 224) and cfg['interpolation'] == 'bicubic' and cfg['crop_pct'] == 0.875
     assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['std'] == timm.data.IMAGENET_DEFAULT_STD
     assert cfg['license'] == 'mit'
     model = timm.create_model(name)
     data_cfg = timm.data.resolve_model_data_config(model)
-    assert data_cfg['input_size'] == (3, 224, 224) and data_cfg['crop_pct'] == 0.9
+    assert data_cfg['input_size'] == (3, 224, 224) and data_cfg['crop_pct'] == 0.875
 
 
 @pytest.mark.parametrize('name', MODEL_NAMES)

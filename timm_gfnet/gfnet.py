@@ -167,6 +167,11 @@ def _drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
     return [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # cpu: also on the meta device
 
 
+def _check_pool(global_pool: str) -> None:
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"global_pool takes 'avg' (mean over the token grid) or '' (none), got {global_pool!r}.")
+
+
 def _image_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) \
         if isinstance(img_size, (tuple, list)) else ()
@@ -208,7 +213,7 @@ class _GFNetBase(nn.Module):
             dynamic_img_pad: bool,
             dd: Dict[str, Any],
     ) -> None:
-        assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
+        _check_pool(global_pool)
         img_size = _image_size(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -274,13 +279,14 @@ class _GFNetBase(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
-            assert global_pool in ('avg', ''), f"global_pool must be 'avg' or '', got {global_pool!r}"
-            self.global_pool = global_pool
+            _check_pool(global_pool)  # before anything changes
         p = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else next(self.parameters())
         self.head = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype) if num_classes > 0 \
             else nn.Identity()
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
 
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
         """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grids,
@@ -735,7 +741,8 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14),
         # like ViT: the learned pos_embed and filters fix the size, unless created with img_size= or dynamic_img_size
-        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        # the authors' evaluation (their datasets.py): Resize(int(256 / 224 * size), bicubic), CenterCrop(size)
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
         'license': 'mit', 'paper_ids': 'arXiv:2107.00645', 'paper_name': 'Global Filter Networks for Image '

@@ -212,7 +212,7 @@ def _sections(model: str, task: str) -> List[Tuple[str, List[_Setting]]]:
         _Setting('validation_batch_size', int(1.5 * run['batch_size']),
                  f'{script}: data_loader_val batch_size=int(1.5 * args.batch_size)'),
         _Setting('crop_pct', 0.875, 'datasets.py build_transform: Resize(int(256 / 224 * size)), CenterCrop(size)',
-                 'Their evaluation crop, not the 0.9 of this package\'s pretrained cfg.'),
+                 'Their evaluation crop, as this package\'s pretrained cfg has it.'),
         _Setting('interpolation', 'bicubic', 'datasets.py build_transform: Resize(..., interpolation=3)'),
         _Setting('mean', list(_IMAGENET_MEAN), 'datasets.py: Normalize(IMAGENET_DEFAULT_MEAN, ...)'),
         _Setting('std', list(_IMAGENET_STD), 'datasets.py: Normalize(..., IMAGENET_DEFAULT_STD)'),
