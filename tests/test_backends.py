@@ -1,5 +1,5 @@
-"""Global filter backends: the DFT-as-matmul filter computes the authors' FFT filter; the auto rule, benchmark,
-autocast, torch.compile."""
+"""Global filter backends: the DFT-as-matmul filter computes the authors' FFT filter; the auto rule, autocast,
+torch.compile."""
 import pytest
 import timm
 import torch
@@ -7,17 +7,11 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reference import MODEL_NAMES, authors_state_dict, input_batch
+from timm_gfnet import filter_backends
+from timm_gfnet.dft import dft_matrices
+from timm_gfnet.filter_backends import global_filter, global_filter_fft, global_filter_matmul, resolve_backend
 from timm_gfnet.gfnet import checkpoint_filter_fn
-from timm_gfnet.global_filter import (
-    GlobalFilter,
-    benchmark_choices,
-    clear_filter_caches,
-    dft_matrices,
-    global_filter,
-    global_filter_fft,
-    global_filter_matmul,
-    set_filter_backend,
-)
+from timm_gfnet.global_filter import GlobalFilter, set_filter_backend
 
 torch.set_num_threads(1)  # the suite runs with -n 2 on 2 cores
 
@@ -106,15 +100,24 @@ def _ops(fn, *args) -> set:
     return {str(op) for op in counter.get_flop_counts()['Global']}
 
 
-@pytest.mark.parametrize('amp', [None, torch.bfloat16], ids=['float32', 'bf16'])
-def test_auto_is_the_fft_in_eager_mode(amp):
-    """The fixed rule: eager `auto` computes exactly what `fft` does, under autocast too (no timing, no matmul)."""
+@pytest.mark.parametrize('amp,bf16_units,expected', [
+    (None, True, 'fft'), (None, False, 'fft'),
+    (torch.bfloat16, True, 'matmul'), (torch.bfloat16, False, 'fft'),
+    (torch.float16, True, 'fft'),  # fp16 matrix products are emulated on CPUs
+], ids=['float32', 'float32-no-bf16-units', 'bf16', 'bf16-no-bf16-units', 'fp16'])
+def test_auto_is_a_fixed_rule_in_eager_mode(amp, bf16_units, expected, monkeypatch):
+    """Eager `auto`: the authors' fft, except under bf16 autocast on a CPU with bf16 matrix units, where the DFT
+    matrix products run on them. No timing: exactly the bits of the backend the rule names, every call."""
+    monkeypatch.setattr(filter_backends, 'cpu_has_bf16_units', lambda: bf16_units)
     layer = GlobalFilter(16, (6, 10))
     x = torch.randn(3, 6, 10, 16)
     with torch.no_grad(), torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
+        assert resolve_backend('auto', x) == expected
         out = layer(x)
-        assert torch.equal(out, global_filter_fft(x, layer.complex_weight))
-        assert _ops(layer, x) == {'aten._fft_r2c', 'aten._fft_c2r'}
+        assert torch.equal(out, global_filter(x, layer.complex_weight, expected))
+        assert torch.equal(layer(x), out)
+        fft_ops = {'aten._fft_r2c', 'aten._fft_c2r'}
+        assert (_ops(layer, x) == fft_ops) == (expected == 'fft')
 
 
 def test_auto_is_matmul_when_traced():
@@ -128,30 +131,15 @@ def test_auto_is_matmul_when_traced():
         torch.testing.assert_close(traced(x), global_filter_fft(x, layer.complex_weight), rtol=0, atol=1e-5)
 
 
-def test_benchmark_times_once_and_remembers_it():
-    clear_filter_caches()
-    layer = GlobalFilter(16, (6, 10), filter_backend='benchmark')
-    x = torch.randn(3, 6, 10, 16)
-    with torch.no_grad():
-        out = layer(x)
-        picked = benchmark_choices()[('cpu', torch.float32, None, 4, 'channels_last', (6, 10, 16))]
-        assert picked in ('fft', 'matmul') and len(benchmark_choices()) == 1
-        # exactly what the picked backend computes, and the same choice next time
-        assert torch.equal(out, global_filter(x, layer.complex_weight, picked))
-        assert torch.equal(layer(x), out) and len(benchmark_choices()) == 1
-    clear_filter_caches()
-    assert benchmark_choices() == {}
-
-
 def test_backend_errors():
-    message = 'use one of auto, fft, matmul, benchmark'
+    message = 'use one of auto, fft, matmul'
     with pytest.raises(ValueError, match=f"^Unknown filter_backend 'cufft': {message}.$"):
         GlobalFilter(8, filter_backend='cufft')
     with pytest.raises(ValueError, match=message):
         timm.create_model('gfnet_ti', filter_backend='FFT')
     with pytest.raises(ValueError, match=message):
         set_filter_backend(nn.Sequential(GlobalFilter(8)), 'dft')
-    with pytest.raises(ValueError, match=f"^Unknown filter backend 'auto ': {message}.$"):
+    with pytest.raises(ValueError, match=f"^Unknown filter_backend 'auto ': {message}.$"):
         global_filter(torch.randn(1, 2, 2, 1), torch.randn(2, 2, 1, 2), 'auto ')
 
 

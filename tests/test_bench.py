@@ -121,44 +121,61 @@ def test_resolution_suite_state_counts_what_a_forward_leaves():
 
 def test_backends_suite_table():
     result = run_bench(suites=['backends'], variants=['tiny_bench_gfnet'], variant_sizes=[64, 96], batch_size=1,
-                       repeats=1, sample_s=0.01, progress=False, baselines=[], backends=['benchmark'])
+                       repeats=1, sample_s=0.01, progress=False, baselines=[])
     assert [(r.model, r.size) for r in result['rows']] == [
-        (f'tiny_bench_gfnet ({b})', s) for s in (64, 96) for b in ('ours', 'reference fft', 'matmul', 'benchmark')]
+        (f'tiny_bench_gfnet ({b})', s) for s in (64, 96) for b in ('ours', 'reference fft', 'matmul')]
     report = format_report(result)
     table = _lines_after(report, 'Every variant, eager inference, each backend vs the reference:')
     assert [c.strip() for c in table[0].split('  ') if c.strip()] == [
-        'variant', 'size', 'batch', 'ours img/s', 'ref img/s', 'matmul img/s', 'benchmark img/s', 'ours / ref',
-        'matmul / ref', 'benchmark / ref']
+        'variant', 'size', 'batch', 'ours img/s', 'ref img/s', 'matmul img/s', 'ours / ref', 'matmul / ref']
     assert [line.split()[:2] for line in table[2:]] == [['tiny_bench_gfnet', '64'], ['tiny_bench_gfnet', '96']]
     assert all(line.split()[-1].endswith('x') for line in table[2:])
-    # the opt-in timing backend ran: what it picked for the filter's shapes (4x4 and 6x6 grids of 32 channels; the
-    # batches of 12 and 5 images that keep the pixels per batch constant, in power-of-two buckets)
-    picked = report.split('benchmark picked: ', 1)[1]
-    assert '4x4x32 batch<=16' in picked and '6x6x32 batch<=8' in picked
 
 
-def test_compile_suite_table():
-    """The compile suite's rows and summary lines (dynamo's 'eager' backend here: the table, not inductor, is
-    under test)."""
-    result = run_bench(suites=['compile'], model_name='tiny_bench_gfnet', compile_size=64, compile_batch=1,
+def test_runtimes_suite_table(tmp_path, monkeypatch):
+    """Every path's row and columns (dynamo's 'eager' backend for the compiled rows: the table, not inductor, is under
+    test), the agreement columns, the flag on OpenVINO's own precision, the matrix shares, the PNG; a runtime that is
+    not installed is a skipped row that says how to install it."""
+    from timm_gfnet.bench import plot_runtimes
+    result = run_bench(suites=['runtimes'], model_name='tiny_bench_gfnet', runtime_size=64, runtime_batch=2,
                        repeats=1, sample_s=0.01, progress=False, baselines=[], compile_backend='eager')
-    assert [r.model for r in result['rows']] == [
-        'tiny_bench_gfnet (ours) eager', 'tiny_bench_gfnet (reference fft) eager',
-        'tiny_bench_gfnet (ours) compiled', 'tiny_bench_gfnet (reference fft) compiled']
-    assert sorted(result['compile_shares']) == ['compiled', 'eager']
-    assert all(0 < v <= 1 for v in result['compile_shares'].values())
+    rows = {r.model: r for r in result['rows']}
+    pytorch = [f'{m} {d} ({w})' for m in ('eager', 'compiled') for w in ('ours', 'reference') for d in ('fp32', 'bf16')]
+    exported = [k for k in rows if k.startswith(('onnxruntime', 'openvino'))]
+    assert sorted(rows) == sorted(pytorch + exported)
+    assert exported[:2] == ['onnxruntime fp32 (ours)', 'openvino f32 (ours)'] and len(exported) == 3
+    assert exported[2].startswith('openvino default ')
+    for label in pytorch + exported:
+        r = rows[label]
+        assert r.infer and (bool(r.train) == (label in pytorch)), label
+        assert set(r.agreement) == {'max_abs_diff', 'rel_l2', 'top1'}
+    assert rows['eager fp32 (reference)'].agreement['max_abs_diff'] == 0  # the reference itself
+    assert rows['onnxruntime fp32 (ours)'].agreement['rel_l2'] < 1e-5
+    assert rows['eager bf16 (ours)'].agreement['rel_l2'] < 5e-2
+    assert sorted(result['matrix_shares']) == ['compiled bf16', 'compiled fp32', 'eager bf16', 'eager fp32']
+    assert all(0 < v <= 1 for v in result['matrix_shares'].values())
     report = format_report(result)
-    assert 'compiled ours / compiled reference: ' in report and 'eager ours / eager reference: ' in report
-    assert 'share of time in linear + conv layers (ours): eager ' in report
+    table = _lines_after(report, 'agreement is ours against float32 eager ref):')
+    assert [c.strip() for c in table[0].split('  ') if c.strip()] == [
+        'path', 'ours img/s', 'ref img/s', 'ours / ref', 'train ours', 'train ref', 'ours / ref', 'max |dlogit|',
+        'rel L2', 'top-1', 'note']
+    paths = [line.split('  ')[0].strip() for line in table[2:9]]
+    assert paths == ['eager fp32', 'eager bf16', 'compiled fp32', 'compiled bf16', 'onnxruntime fp32', 'openvino f32',
+                     exported[2].rsplit(' (', 1)[0]]
+    flagged = table[2 + paths.index(exported[2].rsplit(' (', 1)[0])]
+    assert ('not f32' in flagged) == (not exported[2].startswith('openvino default f32'))
+    assert table[9].startswith('  share of time in linear + conv kernels (ours): eager fp32 ')
+    assert report.startswith('device: ') and 'threads' in report.splitlines()[0]
+    assert plot_runtimes(result, str(tmp_path / 'r.png')) and (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
 
-
-@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
-def test_amp_suite_table(dtype):
-    result = run_bench(suites=['amp'], model_name='tiny_bench_gfnet', compile_size=64, amp_dtype=dtype,
-                       repeats=1, sample_s=0.01, progress=False, baselines=[])
-    assert [(r.suite, r.model) for r in result['rows']] == [
-        (f'amp {dtype}', f'tiny_bench_gfnet ({b})') for b in ('ours', 'reference fft', 'matmul')]
-    assert result['amp']['logit_scale'] > 0 and result['amp']['max_abs_diff'] < result['amp']['logit_scale']
-    report = format_report(result)
-    assert f'amp {dtype} autocast, 64x64, batch 1:' in report
-    assert 'ours / reference: ' in report and 'largest logit difference between the fft and matmul backends' in report
+    # without OpenVINO: a skipped row that says how to install it, never a crash
+    import builtins
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, '__import__', lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == 'openvino' else real_import(name, *a, **k))
+    result = run_bench(suites=['runtimes'], model_name='tiny_bench_gfnet', runtime_size=64, runtime_batch=1,
+                       repeats=1, sample_s=0.01, progress=False, runtimes=['onnxruntime', 'openvino'])
+    rows = {r.model: r for r in result['rows']}
+    assert sorted(rows) == ['onnxruntime fp32 (ours)', 'openvino f32 (ours)']
+    assert rows['openvino f32 (ours)'].note == "skipped: not installed: pip install 'timm-gfnet[openvino]'"
+    assert "skipped: not installed: pip install 'timm-gfnet[openvino]'" in format_report(result)

@@ -106,31 +106,19 @@ def test_deterministic_algorithms_repeat_exactly(kind):
 
 
 def test_dynamic_size_caches_stay_bounded():
-    """Inference over many input sizes with the matmul filter: the module-level caches (DFT matrices per grid size)
-    stay within their bounds, so memory does not grow with the number of sizes seen; layers keep nothing."""
-    import timm_gfnet.global_filter as gf
+    """Inference over many input sizes with the matmul filter: the module-level cache (DFT matrices per grid size)
+    stays within its bound, keeping the most recent sizes, so memory does not grow with the number of sizes seen;
+    layers keep nothing."""
+    from timm_gfnet import dft
     model = _tiny('pyr', dynamic_img_size=True, dynamic_img_pad=True, filter_backend='matmul').eval()
-    module_caches = {n: c for n, c in vars(gf).items() if n.isupper() and n.endswith('CACHE') and hasattr(c, '__len__')}
     sizes = [(h, w) for h in range(33, 100, 6) for w in range(40, 100, 11)]
+    dft.clear_dft_cache()
     with torch.no_grad():
         for h, w in sizes:
             model(torch.randn(1, 3, h, w))
-    assert len(sizes) == 72 and len(gf._DFT_CACHE) == gf._DFT_CACHE_SIZE  # full: evicting, not growing
-    for name, cache in module_caches.items():
-        bound = getattr(gf, f'{name}_SIZE', None)
-        assert bound is not None and len(cache) <= bound, (name, len(cache), bound)
-
-
-def test_benchmark_backend_choices_stay_bounded(monkeypatch):
-    """The opt-in `benchmark` backend times once per input shape and keeps the most recent choices only."""
-    import timm_gfnet.global_filter as gf
-    monkeypatch.setattr(gf, '_BENCHMARK_CHOICES', gf.OrderedDict())
-    monkeypatch.setattr(gf, '_BENCHMARK_CACHE_SIZE', 8)
-    model = _tiny('iso', dynamic_img_size=True, dynamic_img_pad=True, filter_backend='benchmark').eval()
-    with torch.no_grad():
-        for h in range(16, 16 * 40, 16):
-            model(torch.randn(1, 3, h, 16))
-    choices = gf.benchmark_choices()
-    assert len(choices) == 8
-    # keys end with the filtered tensor's (H, W, C): the latest grid heights are the ones kept
-    assert sorted(k[-1][0] for k in choices) == list(range(32, 40))
+    kept = dft.cached_sizes()
+    assert len(sizes) == 72 and len(kept) == dft._CACHE_SIZE  # full: evicting, not growing
+    # the last input's four stage grids are among the most recent entries
+    h, w = sizes[-1]
+    last = {((h + 3) // 4, (w + 3) // 4)}
+    assert {k[0] for k in kept[-4:]} >= last

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from timm_gfnet import GlobalFilter, set_filter_backend
 
-# the backends that compute the filter ('auto' and 'benchmark' choose one of these); every case runs on each
+# the backends that compute the filter ('auto' chooses one of these); every case runs on each
 BACKENDS: List[str] = ['fft', 'matmul']
 
 torch.set_num_threads(1)

@@ -7,9 +7,12 @@ so slow drifts of a shared machine hit both sides alike. Suites:
   other backends asked for), and timm ViTs (deit_small / vit_small) at the same input sizes: inference images/s,
   peak memory, a training step.
 * backends: ours vs the reference and `matmul`, eager, for every variant and size (the no-regression check).
-* compile: torch.compile of ours vs the reference compiled the same way, and how much of the time the linear and
-  conv layers take (the matrix work no filter can remove) in eager and compiled mode.
-* amp: ours vs the reference and `matmul` under bf16 (or fp16) autocast.
+* runtimes: every way to run the model on the machine at hand, in one interleaved run: PyTorch eager and
+  torch.compile in float32 and bf16 autocast (fp16 too on CUDA), ours and the reference (the authors' formulation)
+  side by side, inference and training step; the exported ONNX in onnxruntime and OpenVINO (f32, and OpenVINO's
+  own default precision, flagged when it is not f32); each path's agreement with float32 eager; the share of time in
+  the linear and conv kernels (the matrix work no filter can remove). A runtime that is not installed is a skipped
+  row that says how to install it.
 
 Peak memory is the model's own state (parameters and buffers, plus what a forward leaves allocated: the DFT
 matrices the matmul backend caches) plus the highest amount of memory allocated above that during one inference
@@ -19,7 +22,6 @@ with `profile_memory=True`, read from its exported trace). The input batch is no
 import contextlib
 import copy
 import json
-import math
 import os
 import statistics
 import sys
@@ -32,14 +34,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .global_filter import benchmark_choices, clear_filter_caches, set_filter_backend
+from .global_filter import clear_filter_caches, set_filter_backend
+from .hardware import describe_device
 
-__all__ = ['run_bench', 'SUITES', 'QUICK', 'format_report', 'plot_resolution', 'memory_use', 'peak_memory_bytes']
+__all__ = ['run_bench', 'SUITES', 'RUNTIMES', 'QUICK', 'format_report', 'plot_resolution', 'plot_runtimes',
+           'memory_use', 'peak_memory_bytes']
 
-SUITES = ('resolution', 'backends', 'compile', 'amp')
+SUITES = ('resolution', 'backends', 'runtimes')
 OURS, REF = 'auto', 'fft'  # our default backend, and the authors' formulation
 # how each backend is named in the tables
-LABELS = {OURS: 'ours', REF: 'reference fft', 'matmul': 'matmul', 'benchmark': 'benchmark'}
+LABELS = {OURS: 'ours', REF: 'reference fft', 'matmul': 'matmul'}
 DEFAULT_BASELINES = ('deit_small_patch16_224',)
 QUICK = dict(sizes=(224, 448), batch_size=4, repeats=3, train_max_size=224, sample_s=0.3)
 FULL = dict(sizes=(224, 384, 512, 768, 1024, 2048), batch_size=8, repeats=5, train_max_size=512, sample_s=1.0)
@@ -220,6 +224,7 @@ class Row:
     peak_bytes: Optional[int] = None  # the model's state plus the activations' peak
     state_bytes: Optional[int] = None
     note: str = ''
+    agreement: Dict[str, float] = field(default_factory=dict)  # runtimes: logits against float32 eager
 
     @property
     def infer_ips(self) -> Optional[float]:
@@ -356,7 +361,82 @@ def matrix_share(fn: Callable[[], Any], device: torch.device, repeats: int = 3) 
     return statistics.median(shares)
 
 
-def compile_suite(
+def _amp(fn: Callable[[], Any], device: torch.device, dtype: Optional[torch.dtype]) -> Callable[[], Any]:
+    if dtype is None:
+        return fn
+
+    def run():
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+    return run
+
+
+RUNTIMES = ('eager', 'compile', 'onnxruntime', 'openvino')
+_INSTALL = {'onnxruntime': "pip install 'timm-gfnet[onnx]'", 'openvino': "pip install 'timm-gfnet[openvino]'"}
+
+
+def _skipped(suite: str, label: str, size: int, batch: int, why: str) -> Row:
+    return Row(suite, label, size, batch, note=f'skipped: {why}')
+
+
+def _exported_runtimes(
+        model: nn.Module,
+        x: torch.Tensor,
+        runtimes: Sequence[str],
+        progress: Progress,
+        workdir: str,
+) -> Tuple[Dict[str, Callable[[], Any]], List[Tuple[str, str]]]:
+    """Inference callables of the exported ONNX model in onnxruntime and OpenVINO (f32, and OpenVINO's default
+    precision on this machine), with (label, reason) for each runtime that is not installed or fails."""
+    fns: Dict[str, Callable[[], Any]] = {}
+    skipped: List[Tuple[str, str]] = []
+    wanted = [r for r in ('onnxruntime', 'openvino') if r in runtimes]
+    if not wanted:
+        return fns, skipped
+    try:
+        import onnxscript  # noqa: F401 - what torch's exporter needs
+    except ImportError:
+        return fns, [(f'{r} {"fp32" if r == "onnxruntime" else "f32"} (ours)',
+                      f'exporting needs onnxscript: {_INSTALL["onnxruntime"]}') for r in wanted]
+    from .onnx_export import export_onnx
+    progress('exporting to ONNX (the matmul filter)')
+    path = export_onnx(model, os.path.join(workdir, 'model.onnx'))
+    threads = torch.get_num_threads()
+    feed = x.cpu().numpy()
+    if 'onnxruntime' in wanted:
+        try:
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+            name = session.get_inputs()[0].name
+            fns['onnxruntime fp32 (ours)'] = lambda: torch.from_numpy(session.run(None, {name: feed})[0])
+        except ImportError:
+            skipped.append(('onnxruntime fp32 (ours)', f'not installed: {_INSTALL["onnxruntime"]}'))
+    if 'openvino' in wanted:
+        try:
+            import openvino as ov
+        except ImportError:
+            skipped.append(('openvino f32 (ours)', f'not installed: {_INSTALL["openvino"]}'))
+        else:
+            core = ov.Core()
+            for hint in ('f32', None):  # f32, then what OpenVINO picks by itself on this CPU
+                config = {'INFERENCE_NUM_THREADS': threads, **({'INFERENCE_PRECISION_HINT': hint} if hint else {})}
+                compiled = core.compile_model(str(path), 'CPU', config)
+                precision = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()  # e.g. 'bf16', 'f32'
+                label = 'openvino f32 (ours)' if hint else f'openvino default {precision} (ours)'
+                fns[label] = (lambda c: lambda: torch.from_numpy(c(feed)[0]))(compiled)
+    return fns, skipped
+
+
+def _agreement(out: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+    """How far logits are from the float32 eager reference: max |difference|, relative L2, top-1 agreement."""
+    out, ref = out.float().cpu(), ref.float().cpu()
+    return {'max_abs_diff': float((out - ref).abs().max()), 'rel_l2': float((out - ref).norm() / ref.norm()),
+            'top1': float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
+
+
+def runtimes_suite(
         model_name: str,
         size: int,
         batch: int,
@@ -365,74 +445,78 @@ def compile_suite(
         sample_s: float,
         max_call_s: float,
         progress: Progress,
+        runtimes: Sequence[str] = RUNTIMES,
+        train: bool = True,
         compile_backend: str = 'inductor',
 ) -> Tuple[List[Row], Dict[str, float]]:
+    """Every way to run the model here, in one interleaved run: PyTorch eager and torch.compile in float32 and
+    bf16 autocast (fp16 too on CUDA), each with our default backend and the reference one (the authors' code), the
+    exported ONNX in onnxruntime and OpenVINO; inference, and the training step for the PyTorch paths; every path's
+    agreement with float32 eager (reference). Returns the rows and the share of time in linear and conv kernels of
+    our PyTorch paths."""
+    suite = 'runtimes'
     base = _create(model_name, device)
-    ours = set_filter_backend(base, OURS)
-    ref = set_filter_backend(copy.deepcopy(base), REF)
-    x = torch.randn(batch, 3, size, size, device=device)
-    progress(f'compiling {model_name} with each backend (a few minutes on a small CPU)')
-    compiled = {}
-    for name, m in ((_label(model_name, OURS), ours), (_label(model_name, REF), ref)):
-        compiled[name] = torch.compile(m, backend=compile_backend)
-        with torch.inference_mode():
-            compiled[name](x)
-        progress(f'  compiled {name}')
-    fns = {f'{n} eager': _infer_fn(m, x) for n, m in ((_label(model_name, OURS), ours), (_label(model_name, REF), ref))}
-    fns.update({f'{n} compiled': _infer_fn(c, x) for n, c in compiled.items()})
-    progress(f'{size}x{size}, batch {batch}: eager and compiled inference')
-    samples = interleaved_throughput(fns, batch, repeats, device, sample_s, max_call_s, progress)
-    rows = [Row('compile', n, size, batch, infer=s) for n, s in samples.items()]
-    progress('time in the linear and conv layers')
-    modes = {'eager': ours, 'compiled': compiled[_label(model_name, OURS)]}
-    shares = {mode: matrix_share(_infer_fn(m, x), device) for mode, m in modes.items()}
-    return rows, shares
-
-
-def amp_suite(
-        model_name: str,
-        size: int,
-        batch: int,
-        dtype: torch.dtype,
-        repeats: int,
-        device: torch.device,
-        sample_s: float,
-        max_call_s: float,
-        progress: Progress,
-        backends: Sequence[str] = ('matmul',),
-) -> Tuple[List[Row], Dict[str, float]]:
-    model = _create(model_name, device)
-    x = torch.randn(batch, 3, size, size, device=device)
-    names = _backends(backends)
-
-    def amp(fn):
-        def run():
-            with torch.autocast(device.type, dtype=dtype):
-                return fn()
-        return run
-    progress(f'{size}x{size}, batch {batch}: {dtype} autocast inference')
-    samples = interleaved_throughput(
-        {b: amp(_infer_fn(model, x, b)) for b in names}, batch, repeats, device, sample_s, max_call_s, progress)
-    rows = [Row(f'amp {str(dtype).split(".")[-1]}', _label(model_name, b), size, batch, infer=samples[b])
-            for b in names]
-    # agreement of the two backends under the same autocast, relative to the logits' scale
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
-        a = _infer_fn(model, x, 'matmul')().float()  # the two computations, whatever ours picks
-        r = _infer_fn(model, x, REF)().float()
-    return rows, {'max_abs_diff': float((a - r).abs().max()), 'logit_scale': float(r.abs().max())}
+    nets = {'ours': set_filter_backend(base, OURS), 'reference': set_filter_backend(copy.deepcopy(base), REF)}
+    trainees = {who: copy.deepcopy(m) for who, m in nets.items()}  # their steps must not move the inference weights
+    x = torch.randn(batch, 3, size, size, device=device, generator=torch.Generator(device).manual_seed(0))
+    dtypes: List[Tuple[str, Optional[torch.dtype]]] = [('fp32', None), ('bf16', torch.bfloat16)]
+    if device.type == 'cuda':
+        dtypes.append(('fp16', torch.float16))
+    rows: Dict[str, Row] = {}
+    infer: Dict[str, Callable[[], Any]] = {}
+    steps: Dict[str, Callable[[], Any]] = {}
+    modes = [m for m in ('eager', 'compiled') if (m == 'eager' and 'eager' in runtimes) or
+             (m == 'compiled' and 'compile' in runtimes)]
+    for mode in modes:
+        for who in nets:
+            net, trainee = nets[who], trainees[who]
+            if mode == 'compiled':
+                net, trainee = (torch.compile(m, backend=compile_backend) for m in (net, trainee))
+            for dname, dtype in dtypes:
+                label = f'{mode} {dname} ({who})'
+                rows[label] = Row(suite, label, size, batch)
+                infer[label] = _amp(_infer_fn(net, x), device, dtype)
+                if train:
+                    steps[label] = _amp(_train_fn(trainee, x), device, dtype)
+    with tempfile.TemporaryDirectory() as workdir:
+        exported, skipped = _exported_runtimes(base, x, runtimes if device.type == 'cpu' else (), progress, workdir)
+        for label, fn in exported.items():
+            rows[label] = Row(suite, label, size, batch)
+            infer[label] = fn
+        # warm-up first: compiling takes minutes on a small CPU and must not count as a (too slow) sample
+        outputs = {}
+        for label in list(infer):
+            progress(f'  first call: {label}' + (' (compiling)' if label.startswith('compiled') else ''))
+            try:
+                outputs[label] = infer[label]()
+                if label in steps:
+                    steps[label]()
+            except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor: that path only
+                rows[label].note = f'skipped: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'
+                infer.pop(label)
+                steps.pop(label, None)
+        reference = outputs.get('eager fp32 (reference)')
+        for label, out in outputs.items():
+            if reference is not None and label in infer:
+                rows[label].agreement = _agreement(out, reference)
+        progress(f'{size}x{size}, batch {batch}: inference, every path')
+        for label, s in interleaved_throughput(infer, batch, repeats, device, sample_s, max_call_s, progress).items():
+            rows[label].infer = s
+    if steps:
+        progress(f'{size}x{size}, batch {batch}: training step, every PyTorch path')
+        for label, s in interleaved_throughput(steps, batch, repeats, device, sample_s, max_call_s, progress).items():
+            rows[label].train = s
+    for label, why in skipped:
+        rows[label] = _skipped(suite, label, size, batch, why)
+    shares = {}
+    for label in [lbl for lbl in infer if lbl.endswith('(ours)') and lbl.startswith(('eager', 'compiled'))]:
+        progress(f'  time in linear and conv kernels: {label}')
+        shares[label.rsplit(' (', 1)[0]] = matrix_share(infer[label], device)
+    return list(rows.values()), shares
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    import platform
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return f'{name}, {torch.get_num_threads()} threads'
+    return describe_device(device)
 
 
 def run_bench(
@@ -445,30 +529,32 @@ def run_bench(
         train_max_size: int = FULL['train_max_size'],
         variants: Optional[Sequence[str]] = None,
         variant_sizes: Sequence[int] = (224, 512, 1024),
-        compile_size: int = 224,
-        compile_batch: int = 8,
+        runtime_size: int = 224,
+        runtime_batch: int = 8,
+        runtimes: Sequence[str] = RUNTIMES,
         compile_backend: str = 'inductor',
-        amp_dtype: str = 'bfloat16',
-        amp_batch: Optional[int] = None,
         device: str = 'cpu',
         sample_s: float = FULL['sample_s'],
         max_call_s: float = 120.,
         progress: bool = True,
         backends: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """Run the suites; returns {'device', 'rows', 'compile_shares', 'amp', 'benchmark_choices'} for the report.
+    """Run the suites; returns {'device', 'torch', 'rows', 'matrix_shares'} for the report.
 
-    `backends`: filter backends timed besides ours (`auto`) and the reference (`fft`); the backends and amp suites
-    always add `matmul`. Add 'benchmark' to see the timing-based choice.
+    `backends`: filter backends timed besides ours (`auto`) and the reference (`fft`) in the resolution suite; the
+    backends suite always adds `matmul`. `runtimes`: which of RUNTIMES the runtimes suite runs.
     """
     import timm
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise ValueError(f'Unknown suite {", ".join(unknown)}: pick from {", ".join(SUITES)}.')
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f'Unknown runtime {", ".join(unknown)}: pick from {", ".join(RUNTIMES)}.')
     dev = torch.device(device)
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device cuda was asked for but no CUDA device is available: use --device cpu.')
-    bad = [s for s in sizes if s % 32]
+    bad = [s for s in [*sizes, *variant_sizes, runtime_size] if s < 32 or s % 32]
     if bad:
         raise ValueError(f'Sizes must be multiples of 32 (patch 16 and the hierarchical models\' stride 32): {bad}.')
     p = Progress(progress)
@@ -476,29 +562,16 @@ def run_bench(
     unknown = [b for b in backends if b not in LABELS]
     if unknown:
         raise ValueError(f'Unknown filter backend {", ".join(unknown)}: pick from {", ".join(LABELS)}.')
-    with_matmul = ('matmul', *backends)
     if 'resolution' in suites:
         out['rows'] += resolution_suite(model_name, baselines, sizes, batch_size, repeats, train_max_size, dev,
                                         sample_s, max_call_s, p, backends)
     if 'backends' in suites:
         out['rows'] += backends_suite(variants or timm.list_models('gfnet*'), variant_sizes, batch_size, repeats,
-                                      dev, sample_s, max_call_s, p, with_matmul)
-    if 'compile' in suites:
-        rows, out['compile_shares'] = compile_suite(model_name, compile_size, compile_batch, repeats, dev, sample_s,
-                                                    max_call_s, p, compile_backend)
+                                      dev, sample_s, max_call_s, p, ('matmul', *backends))
+    if 'runtimes' in suites:
+        rows, out['matrix_shares'] = runtimes_suite(model_name, runtime_size, runtime_batch, repeats, dev, sample_s,
+                                                    max_call_s, p, runtimes, compile_backend=compile_backend)
         out['rows'] += rows
-    if 'amp' in suites:
-        dtype = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16,
-                 'fp16': torch.float16}.get(amp_dtype)
-        if dtype is None:
-            raise ValueError(f'Unknown autocast dtype {amp_dtype!r}: use bfloat16 or float16.')
-        # a CPU without bf16/fp16 matrix units runs the linear layers in emulation: one image is enough there
-        batch = amp_batch or (compile_batch if dev.type == 'cuda' else 1)
-        rows, out['amp'] = amp_suite(model_name, compile_size, batch, dtype, repeats, dev, sample_s, max_call_s, p,
-                                     with_matmul)
-        out['rows'] += rows
-    # what the opt-in `benchmark` backend timed and picked (empty unless it ran)
-    out['benchmark_choices'] = benchmark_choices()
     p('done')
     return out
 
@@ -530,6 +603,39 @@ def _backend_of(model_label: str) -> Optional[str]:
 
 def _short(label: str) -> str:
     return 'ref' if label == LABELS[REF] else label
+
+
+def _split(label: str) -> Tuple[str, str]:
+    """'compiled bf16 (ours)' -> ('compiled bf16', 'ours')."""
+    path, who = label.rsplit(' (', 1)
+    return path, who[:-1]
+
+
+def _runtimes_report(rt: List['Row'], shares: Dict[str, float]) -> str:
+    by = {_split(r.model): r for r in rt}
+    paths = list(dict.fromkeys(_split(r.model)[0] for r in rt))
+    table = []
+    for path in paths:
+        o, f = by.get((path, 'ours')), by.get((path, 'reference'))
+        a = o.agreement if o is not None else {}
+        table.append((
+            path, _fmt(o.infer_ips if o else None), _fmt(f.infer_ips if f else None),
+            _ratio(o.infer_ips, f.infer_ips) if o and f else '', _fmt(o.train_ips if o else None),
+            _fmt(f.train_ips if f else None), _ratio(o.train_ips, f.train_ips) if o and f else '',
+            f"{a['max_abs_diff']:.1e}" if a else '-', f"{a['rel_l2']:.1e}" if a else '-',
+            f"{a['top1']:.0%}" if a else '-',
+            '; '.join(n for n in (o.note if o else '', f.note if f else '',
+                                  'not f32: the precision OpenVINO picks here' if path.startswith('openvino default')
+                                  and not path.endswith('f32') else '') if n)))
+    r0 = rt[0]
+    text = (f'Every way to run it, {r0.size}x{r0.size}, batch {r0.batch} ("ref" is the reference fft backend, the '
+            f"authors' formulation: the stand-in for their code; agreement is ours against float32 eager ref):\n"
+            + _table(('path', 'ours img/s', 'ref img/s', 'ours / ref', 'train ours', 'train ref', 'ours / ref',
+                      'max |dlogit|', 'rel L2', 'top-1', 'note'), table))
+    if shares:
+        text += '\n  share of time in linear + conv kernels (ours): ' + ', '.join(
+            f'{k} {v:.0%}' for k, v in shares.items())
+    return text
 
 
 def format_report(result: Dict[str, Any]) -> str:
@@ -580,40 +686,9 @@ def format_report(result: Dict[str, Any]) -> str:
         parts.append('Every variant, eager inference, each backend vs the reference:\n' + _table(
             ('variant', 'size', 'batch', *(f'{_short(b)} img/s' for b in labels),
              *(f'{_short(b)} / ref' for b in others)), table))
-    cp = [r for r in rows if r.suite == 'compile']
-    if cp:
-        by = {r.model: r for r in cp}
-        table = [(r.model, f'{r.size}', f'{r.batch}', _fmt(r.infer_ips)) for r in cp]
-        text = _table(('model', 'size', 'batch', 'img/s'), table)
-        names = list(by)
-        eager_o, eager_r = by[names[0]], by[names[1]]
-        comp_o, comp_r = by[names[2]], by[names[3]]
-        text += (f'\n  compiled ours / compiled reference: {_ratio(comp_o.infer_ips, comp_r.infer_ips)}; '
-                 f'eager ours / eager reference: {_ratio(eager_o.infer_ips, eager_r.infer_ips)}')
-        shares = result.get('compile_shares', {})
-        if shares:
-            text += '\n  share of time in linear + conv layers (ours): ' + ', '.join(
-                f'{k} {v:.0%}' for k, v in shares.items())
-        parts.append('torch.compile:\n' + text)
-    amp = [r for r in rows if r.suite.startswith('amp')]
-    if amp:
-        by = {_backend_of(r.model): r for r in amp}
-        o, f = by[LABELS[OURS]], by[LABELS[REF]]
-        info = result.get('amp', {})
-        parts.append(f'{o.suite} autocast, {o.size}x{o.size}, batch {o.batch}:\n' + _table(
-            ('model', 'img/s'), [(r.model, _fmt(r.infer_ips)) for r in amp])
-            + f'\n  ours / reference: {_ratio(o.infer_ips, f.infer_ips)}; largest logit difference between the fft '
-              f"and matmul backends {info.get('max_abs_diff', math.nan):.2e} "
-              f"(logits up to {info.get('logit_scale', 0):.2f})")
-    choices = result.get('benchmark_choices') or {}
-    if choices:
-        picked = {}
-        for key, backend in choices.items():
-            _, _, ac, b, _, shape = key
-            amp = f' {str(ac).split(".")[-1]}' if ac else ''
-            picked.setdefault(backend, []).append(f'{"x".join(map(str, shape))} batch<={b}{amp}')
-        parts.append('benchmark picked: ' + '; '.join(f'{k} for {", ".join(sorted(set(v)))}'
-                                                     for k, v in picked.items()))
+    rt = [r for r in rows if r.suite == 'runtimes']
+    if rt:
+        parts.append(_runtimes_report(rt, result.get('matrix_shares', {})))
     return '\n\n'.join(parts)
 
 
@@ -650,6 +725,35 @@ def plot_resolution(result: Dict[str, Any], path: str) -> Optional[str]:
         ax.grid(True, which='major', alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['device']}", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_runtimes(result: Dict[str, Any], path: str) -> Optional[str]:
+    """Inference and training images/s of every runtime path, ours beside the reference, as a PNG; None when the
+    runtimes suite did not run."""
+    rt = [r for r in result['rows'] if r.suite == 'runtimes' and (r.infer or r.train)]
+    if not rt:
+        return None
+    from .viz import pyplot, save_figure
+    plt = pyplot()
+    by = {_split(r.model): r for r in rt}
+    paths = list(dict.fromkeys(_split(r.model)[0] for r in rt))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(paths) + 1.5), sharey=True)
+    for ax, what, title in ((axes[0], 'infer_ips', 'inference'), (axes[1], 'train_ips', 'training step')):
+        for k, who in enumerate(('ours', 'reference')):
+            ys = [i + (0.2 if k else -0.2) for i in range(len(paths))]
+            vals = [getattr(by[(p, who)], what) or 0 if (p, who) in by else 0 for p in paths]
+            ax.barh(ys, vals, height=0.4, label=who if who == 'ours' else "reference fft (authors' formulation)")
+        ax.set_yticks(range(len(paths)), paths)
+        ax.invert_yaxis()
+        ax.set_xlabel('images / s')
+        ax.set_title(title)
+        ax.grid(True, axis='x', alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(result['device'], fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -18,6 +18,11 @@ def _count(text: str) -> int:
     return value
 
 
+def _whole(text: str) -> int:
+    """A whole number >= 0."""
+    return 0 if text.strip() == '0' else _count(text)
+
+
 def _image_side(text: str) -> int:
     """An image side for the benchmarks: a positive multiple of 32 (patch 16, and the hierarchical stride 32)."""
     value = _count(text)
@@ -168,8 +173,9 @@ def _export_onnx(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import json
     from dataclasses import asdict
+    from pathlib import Path
 
-    from .bench import FULL, QUICK, SUITES, format_report, plot_resolution, run_bench
+    from .bench import FULL, QUICK, SUITES, format_report, plot_resolution, plot_runtimes, run_bench
 
     preset = QUICK if args.quick else FULL
     suites = args.suite or ['resolution']
@@ -178,23 +184,26 @@ def _bench(args: argparse.Namespace) -> None:
         suites=suites, model_name=args.model, baselines=args.baselines, sizes=args.sizes or preset['sizes'],
         batch_size=args.batch_size or preset['batch_size'], repeats=args.repeats or preset['repeats'],  # None: unset
         train_max_size=preset['train_max_size'] if args.train_max_size is None else args.train_max_size,
-        variants=args.variants, variant_sizes=args.variant_sizes, amp_dtype=args.amp_dtype, device=args.device,
-        sample_s=preset['sample_s'], max_call_s=args.max_call_seconds, progress=not args.no_progress,
-        backends=args.backends)
+        variants=args.variants, variant_sizes=args.variant_sizes, runtime_batch=args.batch_size or preset['batch_size'],
+        runtimes=args.runtimes, device=args.device, sample_s=preset['sample_s'], max_call_s=args.max_call_seconds,
+        progress=not args.no_progress, backends=args.backends)
     if sys.argv and sys.argv[0].endswith(('timm-gfnet', 'cli.py')):  # the command that made these numbers
         print('command: timm-gfnet ' + ' '.join(sys.argv[1:]))
     print(format_report(result))
     if args.plot:
-        try:
-            if plot_resolution(result, args.plot):
-                print(f'plot: {args.plot}')
-        except ImportError as e:
-            print(f'no plot: {e}')
+        plot = Path(args.plot)
+        # one PNG per suite that has one: the resolution sweep at --plot, the runtimes beside it
+        runtimes_plot = plot.with_name(f'{plot.stem}_runtimes{plot.suffix}')
+        for draw, where in ((plot_resolution, plot), (plot_runtimes, runtimes_plot)):
+            try:
+                if draw(result, str(where)):
+                    print(f'plot: {where}')
+            except ImportError as e:
+                print(f'no plot: {e}')
+                break
     if args.json:
         from .atomic import write_text
-        write_text(args.json, json.dumps(dict(
-            result, rows=[asdict(r) for r in result['rows']],
-            benchmark_choices={str(k): v for k, v in result['benchmark_choices'].items()}), indent=1))
+        write_text(args.json, json.dumps(dict(result, rows=[asdict(r) for r in result['rows']]), indent=1))
         print(f'results: {args.json}')
 
 
@@ -296,11 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('bench', help='throughput, memory and training speed against the reference and timm ViTs')
     p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
-    p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'compile', 'amp', 'all'),
+    p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'runtimes', 'all'),
                    help='what to measure (default: resolution)')
     p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
-    p.add_argument('--backends', nargs='*', default=[], choices=('matmul', 'benchmark'),
-                   help='filter backends to time besides ours (auto) and the reference (fft)')
+    p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
+                   help='resolution suite: filter backends to time besides ours (auto) and the reference (fft)')
+    p.add_argument('--runtimes', nargs='+', default=['eager', 'compile', 'onnxruntime', 'openvino'],
+                   choices=('eager', 'compile', 'onnxruntime', 'openvino'),
+                   help='runtimes suite: the paths to run (default: all)')
     p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
                    help='timm models to compare with (default: deit_small_patch16_224)')
     p.add_argument('--sizes', nargs='+', type=_image_side, default=None,
@@ -308,16 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=_count, default=None,
                    help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
     p.add_argument('--repeats', type=_count, default=None, help='interleaved repeats per measurement (default: 5)')
-    p.add_argument('--train-max-size', type=int, default=None,
+    p.add_argument('--train-max-size', type=_whole, default=None,
                    help='largest size with a training step, 0 for none (default: 512)')
     p.add_argument('--variants', nargs='+', default=None, help='backends suite: variants (default: all)')
     p.add_argument('--variant-sizes', nargs='+', type=_image_side, default=[224, 512, 1024],
                    help='backends suite: sizes')
-    p.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), help='amp suite dtype')
     p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
     p.add_argument('--max-call-seconds', type=_positive, default=120.,
                    help='a model slower than this per call is timed once (default: 120)')
-    p.add_argument('--plot', default='gfnet_bench.png', help='PNG of the resolution sweep (default: gfnet_bench.png)')
+    p.add_argument('--plot', default='gfnet_bench.png',
+                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
     p.add_argument('--json', default=None, help='also write the measurements to this JSON file')
     p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
     p.set_defaults(func=_bench)

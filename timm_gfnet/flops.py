@@ -5,9 +5,10 @@ n-point grid (rfft, or the irfft back to it) costs n * ceil(log2 n) multiply-acc
 `HWD ceil(log2 HW)` for a 2-D filter layer, a complex FFT twice that. Everything else follows torch's FLOP counter /
 fvcore (MACs of linear, conv and matmul layers).
 
-Importing the package registers these formulas with `torch.utils.flop_counter`, so `FlopCounterMode` counts the FFT
-ops of the `fft` backend. Under tracing, compiling or export the `auto` backend runs the DFT as real matmuls: a
-count of such a graph counts those matmuls (more MACs than the FFTs; see `count_macs`, which says which it did).
+Importing this module (the plugin's model module does, so `import timm` does) registers these formulas with
+`torch.utils.flop_counter`, so `FlopCounterMode` counts the FFT ops of the `fft` backend. Under tracing, compiling
+or export the `auto` backend runs the DFT as real matmuls: a count of such a graph counts those matmuls (more MACs
+than the FFTs; see `count_macs`, which says which it did).
 """
 import math
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from .global_filter import _GlobalFilterNd
 
 __all__ = [
     'FFT_CONVENTION', 'FlopCount', 'count_macs', 'fft_macs', 'fvcore_handles', 'profile_model',
@@ -99,7 +102,6 @@ def fvcore_handles() -> Dict[str, Callable]:
 
 
 def _filters(model: nn.Module) -> list:
-    from .global_filter import _GlobalFilterNd
     return [m for m in model.modules() if isinstance(m, _GlobalFilterNd)]
 
 
@@ -197,3 +199,6 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -
         'gmacs': cost.macs / 1e9,
         'macts': activations[0] / 1e6,
     }
+
+
+register_fft_flop_formulas()

@@ -31,10 +31,12 @@ from timm.models._features import feature_take_indices
 
 from .checkpoint import CheckpointError, check_fits, unwrap_state_dict
 from .compat import record_input_size, timm_layer
+from .flops import register_fft_flop_formulas
 from .global_filter import GlobalFilter, resample_filter
 from .pretrained_sources import PretrainedWeights, pretrained_weights
 
 _logger = logging.getLogger(__name__)
+register_fft_flop_formulas()  # FlopCounterMode counts the FFTs as soon as timm loads the plugin (idempotent)
 
 __all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn']
 
