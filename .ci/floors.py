@@ -1,8 +1,8 @@
 """Print the lowest versions pyproject.toml declares as pip constraints (`name==floor`): what CI installs to test
 the floors, the way a resolver choosing the lowest direct versions would.
 
-Pinned: the runtime dependencies, the `onnx` and `plot` extras, and the clients of the test extra (transformers).
-The test tools themselves (pytest, ruff, ...) are left to the resolver.
+Pinned: the runtime dependencies, the `onnx`, `plot` and `openvino` extras, and the clients of the test extra
+(transformers). The test tools themselves (pytest, ruff, ...) are left to the resolver.
 """
 import sys
 from pathlib import Path
@@ -18,7 +18,7 @@ CLIENTS = ('transformers',)
 def floors(pyproject: Path) -> dict:
     project = tomllib.loads(pyproject.read_text())['project']
     extras = project['optional-dependencies']
-    texts = project['dependencies'] + extras['onnx'] + extras['plot'] + [
+    texts = project['dependencies'] + extras['onnx'] + extras['plot'] + extras['openvino'] + [
         t for t in extras['test'] if Requirement(t).name in CLIENTS]
     out = {}
     for text in texts:

@@ -2,8 +2,9 @@
 
 Weights: the recipe of tests/reference.py (the authors' weight scale, the one the parity tests use); input: its
 deterministic 2-image batch at 224. For each variant and autocast dtype, both backends run under the same autocast;
-the table gives each one's relative error of the logits against float32 (the reference fft backend), the largest
-logit difference between the two backends, and whether they pick the same top-1 classes.
+the table gives which one `auto` runs on this machine, each one's relative error of the logits against float32 (the
+reference fft backend), the largest logit difference between the two backends, and whether they pick the same top-1
+classes.
 
     python benchmarks/autocast_agreement.py [--device cpu|cuda] [--variants gfnet_ti ...]
 """
@@ -16,8 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from reference import MODEL_NAMES, authors_state_dict, input_batch  # noqa: E402
+from timm_gfnet.filter_backends import resolve_backend  # noqa: E402
 from timm_gfnet.gfnet import checkpoint_filter_fn  # noqa: E402
 from timm_gfnet.global_filter import set_filter_backend  # noqa: E402
+from timm_gfnet.hardware import describe_device  # noqa: E402
 
 
 def main() -> None:
@@ -27,8 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device(args.device)
     x = input_batch().to(dev)
-    print(f'device: {torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}, torch {torch.__version__}')
-    header = ('variant', 'autocast', 'fft rel err', 'matmul rel err', 'max |fft - matmul|', 'max |logit|', 'top-1')
+    print(f'device: {describe_device(dev)}, torch {torch.__version__}')
+    header = ('variant', 'autocast', 'auto runs', 'fft rel err', 'matmul rel err', 'max |fft - matmul|',
+              'max |logit|', 'top-1')
     rows = []
     for name in args.variants:
         model = timm.create_model(name).eval()
@@ -43,7 +47,9 @@ def main() -> None:
                     out[backend] = set_filter_backend(model, backend)(x).float()
             err = {b: ((o - ref).norm() / ref.norm()).item() for b, o in out.items()}
             same = (out['fft'].argmax(-1) == out['matmul'].argmax(-1)).all().item()
-            rows.append((name, str(dtype).split('.')[-1], f"{err['fft']:.2e}", f"{err['matmul']:.2e}",
+            with torch.autocast(dev.type, dtype=dtype):
+                auto = resolve_backend('auto', x)
+            rows.append((name, str(dtype).split('.')[-1], auto, f"{err['fft']:.2e}", f"{err['matmul']:.2e}",
                          f"{(out['fft'] - out['matmul']).abs().max().item():.2e}", f'{ref.abs().max().item():.2f}',
                          'same' if same else 'differs'))
             print(*rows[-1], sep='  ', file=sys.stderr, flush=True)

@@ -30,7 +30,8 @@ def _cli_export(name: str, tmp_path, capsys):
     ckpt = write_authors_checkpoint(name, tmp_path / f'{name}.pth')
     out = tmp_path / f'{name}.onnx'
     assert main(['export-onnx', '--model', name, '--checkpoint', str(ckpt), '--out', str(out)]) == 0
-    assert 'onnxruntime matches PyTorch' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'onnxruntime matches PyTorch' in printed and 'OpenVINO matches PyTorch in f32: max abs diff ' in printed
     _assert_portable(out)
     # independently of the command's own check: the authors' weights, a batch size not used at export
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt))).eval()
@@ -89,3 +90,22 @@ def test_export_cli_errors(tmp_path, capsys):
     assert main(['export-onnx', '--model', 'gfnet_ti', '--checkpoint', str(tmp_path / 'missing.pth'),
                  '--out', str(tmp_path / 'x.onnx')]) == 1
     assert 'No checkpoint file or folder at' in capsys.readouterr().err
+
+
+def test_openvino_runs_the_export_and_says_what_its_default_precision_does(tmp_path):
+    """OpenVINO itself, not our check: the file runs there in f32 within 1e-4; check_openvino names the precision
+    OpenVINO picks on this CPU (what its own property says) and how far that moves the logits."""
+    import openvino as ov
+
+    from timm_gfnet.onnx_export import check_openvino
+    model = timm.create_model('gfnet_ti', depth=2).eval()
+    path = export_onnx(model, tmp_path / 'ti.onnx')
+    x = torch.randn(3, 3, 224, 224)
+    compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.numpy())[0], model(x).numpy(), rtol=0, atol=1e-4)
+    info = check_openvino(model, path)
+    default = ov.Core().compile_model(str(path), 'CPU').get_property('INFERENCE_PRECISION_HINT').to_string()
+    assert info['default_precision'] == default and info['f32_max_abs_diff'] < 1e-4
+    # f32 by default: the same numbers; a lower precision (bf16 on CPUs with bf16 units) moves them, measurably
+    assert (info['default_max_abs_diff'] < 1e-4) == (default == 'f32')

@@ -151,7 +151,7 @@ def _recipe(args: argparse.Namespace) -> None:
 
 def _export_onnx(args: argparse.Namespace) -> None:
     from .atomic import atomic_path
-    from .onnx_export import check_onnx, export_onnx
+    from .onnx_export import check_onnx, check_openvino, export_onnx
 
     model = _model_from_args(args, img_size=args.img_size)
     c, h, w = model.in_chans, *model.patch_embed.img_size
@@ -166,6 +166,20 @@ def _export_onnx(args: argparse.Namespace) -> None:
                                f'name and onnxruntime version.')
             print(f"onnxruntime matches PyTorch: max abs diff {info['max_abs_diff']:.1e} at batch sizes "
                   f"{', '.join(map(str, info['batch_sizes']))}; ops: {' '.join(info['ops'])}")
+            ov = check_openvino(model, tmp)
+            if ov is None:
+                print("OpenVINO not checked (not installed: pip install 'timm-gfnet[openvino]')")
+            elif ov['f32_max_abs_diff'] > args.tolerance:
+                raise CliError(f"OpenVINO (f32) differs from PyTorch by {ov['f32_max_abs_diff']:.1e} (tolerance "
+                               f'{args.tolerance:.0e}), so nothing was written: please report this with the model '
+                               f'name and OpenVINO version.')
+            else:
+                default = ov['default_precision']
+                moves = '' if default == 'f32' else (
+                    f": logits move by {ov['default_max_abs_diff']:.1e} there, compile with "
+                    f"{{'INFERENCE_PRECISION_HINT': 'f32'}} to keep float32")
+                print(f"OpenVINO matches PyTorch in f32: max abs diff {ov['f32_max_abs_diff']:.1e}; its default "
+                      f'precision on this CPU is {default}{moves}')
     print(f'wrote {args.out} ({size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
           f'dynamic batch; output "output"')
 

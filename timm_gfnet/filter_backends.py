@@ -80,7 +80,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if _is_traced():
         return 'matmul'  # real-valued ops only: what exports, and what inductor fuses (no codegen for complex ops)
     if x.device.type == 'cpu' and _autocast_dtype('cpu') == torch.bfloat16 and cpu_has_bf16_units():
-        return 'matmul'  # bf16 DFT matrix products on bf16 units beat the float32 FFT; emulated, they do not
+        # bf16 DFT matrix products on bf16 units beat the float32 FFT; emulated ones (no bf16 units) do not
+        return 'matmul'
     return 'fft'
 
 

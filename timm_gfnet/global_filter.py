@@ -198,8 +198,8 @@ class _GlobalFilterNd(nn.Module):
             raise ValueError(f'{self.name} was built for a {_x(list(self.grid_size))} token grid and got '
                              f'{_x(size)}: create the layer with dynamic_size=True to resample its filter to other '
                              f'sizes.')
-        # resampled on every call, from the weights as they are now: no cache to go stale (it bought no measurable
-        # time: gfnet_s at 256 px, batch 8, cached vs not within noise, 0.88x-1.07x)
+        # resampled on every call, from the weights as they are now: no cache to go stale (a cache bought no
+        # measurable time: benchmarks/results/README.md)
         return _resample(weight, size)
 
     def extra_repr(self) -> str:

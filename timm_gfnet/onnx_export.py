@@ -1,4 +1,4 @@
-"""ONNX export of GFNet models, checked against PyTorch with onnxruntime.
+"""ONNX export of GFNet models, checked against PyTorch with onnxruntime (and OpenVINO, when installed).
 
 The FFT ops of the authors' filter do not export (onnx/onnx#3573); under export the `auto` filter backend switches
 to real DFT matrix products (`matmul`), so the graph holds only MatMul and element-wise ops that every runtime has.
@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['export_onnx', 'check_onnx']
+__all__ = ['export_onnx', 'check_onnx', 'check_openvino']
 
 
 def _input_size(model: nn.Module) -> tuple:
@@ -44,6 +44,22 @@ def export_onnx(
     return out
 
 
+def _max_diff(model: nn.Module, run, batch_sizes: tuple, seed: int) -> float:
+    """Largest |difference| between PyTorch (float32) and `run(numpy batch) -> numpy logits` on random inputs."""
+    g = torch.Generator().manual_seed(seed)
+    diff = 0.
+    for b in batch_sizes:
+        x = torch.randn(b, *_input_size(model), generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = run(x.numpy())
+        if got.shape != ref.shape:
+            raise RuntimeError(f'the exported model gave an output of shape {got.shape} for batch {b}, PyTorch '
+                               f'{ref.shape}.')
+        diff = max(diff, float(abs(got - ref).max()))
+    return diff
+
+
 def check_onnx(
         model: nn.Module,
         path: Union[str, Path],
@@ -60,15 +76,34 @@ def check_onnx(
 
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
-    g = torch.Generator().manual_seed(seed)
-    diff = 0.
-    for b in batch_sizes:
-        x = torch.randn(b, *_input_size(model), generator=g)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        got = session.run(None, {name: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise RuntimeError(f'onnxruntime gave an output of shape {got.shape} for batch {b}, PyTorch {ref.shape}.')
-        diff = max(diff, float(abs(got - ref).max()))
+    diff = _max_diff(model, lambda x: session.run(None, {name: x})[0], batch_sizes, seed)
     ops = sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node})
     return {'max_abs_diff': diff, 'batch_sizes': batch_sizes, 'ops': ops}
+
+
+def check_openvino(
+        model: nn.Module,
+        path: Union[str, Path],
+        batch_sizes: tuple = (1, 3),
+        seed: int = 0,
+) -> Optional[Dict[str, Any]]:
+    """Run the ONNX file in OpenVINO (CPU) in float32 and in the precision OpenVINO picks by itself on this machine
+    (bf16 on CPUs with bf16 units, for one), against PyTorch. None when OpenVINO is not installed.
+
+    Returns {'f32_max_abs_diff', 'default_precision', 'default_max_abs_diff'}.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    out: Dict[str, Any] = {}
+    for hint in ('f32', None):
+        compiled = core.compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': hint} if hint else {})
+        diff = _max_diff(model, lambda x, c=compiled: c(x)[0], batch_sizes, seed)
+        if hint:
+            out['f32_max_abs_diff'] = diff
+        else:
+            out['default_precision'] = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
+            out['default_max_abs_diff'] = diff
+    return out
