@@ -119,6 +119,14 @@ def test_resolution_suite_state_counts_what_a_forward_leaves():
         ['tiny_bench_vit', table[6].split()[3]]]
 
 
+def test_a_cnn_baseline_takes_any_size():
+    """A baseline that is not a ViT (no dynamic_img_size argument) is timed as it is, not a TypeError."""
+    result = run_bench(suites=['resolution'], model_name='tiny_bench_gfnet', baselines=['resnet10t'], sizes=[64],
+                       batch_size=1, repeats=1, train_max_size=0, sample_s=0.01, progress=False)
+    rows = {r.model: r for r in result['rows']}
+    assert rows['resnet10t'].infer and rows['resnet10t'].peak_bytes > 0
+
+
 def test_backends_suite_table():
     result = run_bench(suites=['backends'], variants=['tiny_bench_gfnet'], variant_sizes=[64, 96], batch_size=1,
                        repeats=1, sample_s=0.01, progress=False, baselines=[])
@@ -169,10 +177,14 @@ def test_runtimes_suite_table(tmp_path, monkeypatch):
     assert plot_runtimes(result, str(tmp_path / 'r.png')) and (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
 
     # without OpenVINO: a skipped row that says how to install it, never a crash
-    import builtins
-    real_import = builtins.__import__
-    monkeypatch.setattr(builtins, '__import__', lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name == 'openvino' else real_import(name, *a, **k))
+    from timm_gfnet import bench
+    real = bench._runtime
+
+    def without_openvino(name):
+        if name == 'openvino':
+            raise ImportError("No module named 'openvino'")
+        return real(name)
+    monkeypatch.setattr(bench, '_runtime', without_openvino)
     result = run_bench(suites=['runtimes'], model_name='tiny_bench_gfnet', runtime_size=64, runtime_batch=1,
                        repeats=1, sample_s=0.01, progress=False, runtimes=['onnxruntime', 'openvino'])
     rows = {r.model: r for r in result['rows']}

@@ -21,6 +21,7 @@ with `profile_memory=True`, read from its exported trace). The input batch is no
 """
 import contextlib
 import copy
+import importlib
 import json
 import os
 import statistics
@@ -375,6 +376,11 @@ RUNTIMES = ('eager', 'compile', 'onnxruntime', 'openvino')
 _INSTALL = {'onnxruntime': "pip install 'timm-gfnet[onnx]'", 'openvino': "pip install 'timm-gfnet[openvino]'"}
 
 
+def _runtime(name: str) -> Any:
+    """The module of an optional runtime (ImportError when it is not installed)."""
+    return importlib.import_module(name)
+
+
 def _skipped(suite: str, label: str, size: int, batch: int, why: str) -> Row:
     return Row(suite, label, size, batch, note=f'skipped: {why}')
 
@@ -394,7 +400,7 @@ def _exported_runtimes(
     if not wanted:
         return fns, skipped
     try:
-        import onnxscript  # noqa: F401 - what torch's exporter needs
+        _runtime('onnxscript')  # what torch's exporter needs
     except ImportError:
         return fns, [(f'{r} {"fp32" if r == "onnxruntime" else "f32"} (ours)',
                       f'exporting needs onnxscript: {_INSTALL["onnxruntime"]}') for r in wanted]
@@ -405,7 +411,7 @@ def _exported_runtimes(
     feed = x.cpu().numpy()
     if 'onnxruntime' in wanted:
         try:
-            import onnxruntime as ort
+            ort = _runtime('onnxruntime')
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
@@ -415,7 +421,7 @@ def _exported_runtimes(
             skipped.append(('onnxruntime fp32 (ours)', f'not installed: {_INSTALL["onnxruntime"]}'))
     if 'openvino' in wanted:
         try:
-            import openvino as ov
+            ov = _runtime('openvino')
         except ImportError:
             skipped.append(('openvino f32 (ours)', f'not installed: {_INSTALL["openvino"]}'))
         else:

@@ -155,13 +155,14 @@ def dft_filter(
     shape = ([B] + outer + [2, wf, C]) if channels_last else ([B, C] + outer + [2, wf])
     ri = -3 if channels_last else -2
     z = z.reshape(shape)
-    # the filter laid out as the spectrum is, (real, imag) on the same axis: the product is then three passes over
+    # the filter laid out as the spectrum is, (real, imag) on the same axis: the product is then a few passes over
     # contiguous memory, y = z * [wr, wr] + swap(z) * [-wi, wi], instead of strided half-planes and a stack
     w = weight.to(dtype)
     w = w.movedim(-1, -3) if channels_last else w.permute([rank] + list(range(rank - 1)) + [rank + 1, rank - 1])
     wr, wi = w.select(ri, 0), w.select(ri, 1)
-    # out-of-place: torch.func (vmap, jvp) has no batching rules for out= products
-    y = torch.addcmul(z * torch.stack((wr, wr), ri), z.flip([ri]), torch.stack((-wi, wi), ri))
+    # out-of-place: torch.func (vmap, jvp) has no batching rules for out= products. No addcmul: torch < 2.7 exports
+    # it as a function OpenVINO cannot read, and its fake-tensor kernel fails on these broadcasts
+    y = z * torch.stack((wr, wr), ri) + z.flip([ri]) * torch.stack((-wi, wi), ri)
 
     for k in range(rank - 1):
         pre, mid = _around(lead, outer, k)
