@@ -1,7 +1,7 @@
 """`timm-gfnet bench`: GFNet speed and memory, measured side by side in one run.
 
-Every comparison is a ratio of medians over interleaved repeats (each repeat times every contender once, in turn),
-so slow drifts of a shared machine hit both sides alike. Suites:
+Every comparison comes from interleaved repeats (each repeat, a round, times every contender once, in turn): a ratio
+is the median of the two contenders' per-round ratios, so slow drifts of a shared machine hit both sides alike. Suites:
 
 * resolution: our default filter backend (`auto`) vs the reference (`fft`) backend on the same weights (and any
   other backends asked for), and timm ViTs (deit_small / vit_small) at the same input sizes: inference images/s,
@@ -474,11 +474,12 @@ def runtimes_suite(
     modes = [m for m in ('eager', 'compiled') if (m == 'eager' and 'eager' in runtimes) or
              (m == 'compiled' and 'compile' in runtimes)]
     for mode in modes:
-        for who in nets:
-            net, trainee = nets[who], trainees[who]
-            if mode == 'compiled':
-                net, trainee = (torch.compile(m, backend=compile_backend) for m in (net, trainee))
-            for dname, dtype in dtypes:
+        compiled = {who: (torch.compile(nets[who], backend=compile_backend),
+                          torch.compile(trainees[who], backend=compile_backend)) for who in nets} \
+            if mode == 'compiled' else {}
+        for dname, dtype in dtypes:
+            for who in nets:  # ours and the reference of one path back to back in every round
+                net, trainee = compiled[who] if mode == 'compiled' else (nets[who], trainees[who])
                 label = f'{mode} {dname} ({who})'
                 rows[label] = Row(suite, label, size, batch)
                 infer[label] = _amp(_infer_fn(net, x), device, dtype)
@@ -590,8 +591,14 @@ def _mib(n: Optional[int]) -> str:
     return '-' if n is None else f'{n / 2 ** 20:.0f}'
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
-    return '-' if not a or not b else f'{a / b:.2f}x'
+def _ratio(a: List[float], b: List[float]) -> str:
+    """a / b from two contenders' samples: the median of their per-round ratios when both were timed in the same
+    rounds (each round times them back to back: a drift of the machine cancels), else the ratio of medians."""
+    if not a or not b:
+        return '-'
+    if len(a) == len(b) > 1:
+        return f'{statistics.median(x / y for x, y in zip(a, b)):.2f}x'
+    return f'{statistics.median(a) / statistics.median(b):.2f}x'
 
 
 def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
@@ -626,8 +633,8 @@ def _runtimes_report(rt: List['Row'], shares: Dict[str, float]) -> str:
         a = o.agreement if o is not None else {}
         table.append((
             path, _fmt(o.infer_ips if o else None), _fmt(f.infer_ips if f else None),
-            _ratio(o.infer_ips, f.infer_ips) if o and f else '', _fmt(o.train_ips if o else None),
-            _fmt(f.train_ips if f else None), _ratio(o.train_ips, f.train_ips) if o and f else '',
+            _ratio(o.infer, f.infer) if o and f else '', _fmt(o.train_ips if o else None),
+            _fmt(f.train_ips if f else None), _ratio(o.train, f.train) if o and f else '',
             f"{a['max_abs_diff']:.1e}" if a else '-', f"{a['rel_l2']:.1e}" if a else '-',
             f"{a['top1']:.0%}" if a else '-',
             '; '.join(n for n in (o.note if o else '', f.note if f else '',
@@ -660,8 +667,8 @@ def format_report(result: Dict[str, Any]) -> str:
             for name, r in by.items():
                 table.append((
                     f'{s}', f'{r.batch}', name, _fmt(r.infer_ips),
-                    _ratio(ours.infer_ips, r.infer_ips) if r is not ours else '', _fmt(r.train_ips),
-                    _ratio(ours.train_ips, r.train_ips) if r is not ours else '',
+                    _ratio(ours.infer, r.infer) if r is not ours else '', _fmt(r.train_ips),
+                    _ratio(ours.train, r.train) if r is not ours else '',
                     _mib(r.peak_bytes), _mib(r.state_bytes), r.note))
         parts.append('Resolution sweep (ours = default filter backend; "ours vs" = ours / that row):\n' + _table(
             ('size', 'batch', 'model', 'infer img/s', 'ours vs', 'train img/s', 'ours vs', 'peak MiB', 'of it state',
@@ -675,7 +682,7 @@ def format_report(result: Dict[str, Any]) -> str:
                     o, d = by[ours_name], by[b]
                     mem = '-' if o.peak_bytes is None or d.peak_bytes is None else \
                         f'{o.peak_bytes / d.peak_bytes:.2f}x the memory'
-                    lines.append(f'  {s}: {ours_name} {_ratio(o.infer_ips, d.infer_ips)} the throughput of {b}, '
+                    lines.append(f'  {s}: {ours_name} {_ratio(o.infer, d.infer)} the throughput of {b}, '
                                  f'{mem}')
             parts.append('GFNet vs ViT at the same input size:\n' + '\n'.join(lines))
     bk = [r for r in rows if r.suite == 'backends']
@@ -688,7 +695,7 @@ def format_report(result: Dict[str, Any]) -> str:
             by = {_backend_of(r.model): r for r in bk if r.model.startswith(v + ' (') and r.size == s}
             f = by[LABELS[REF]]
             table.append((v, f'{s}', f'{f.batch}', *(_fmt(by[b].infer_ips) for b in labels),
-                          *(_ratio(by[b].infer_ips, f.infer_ips) for b in others)))
+                          *(_ratio(by[b].infer, f.infer) for b in others)))
         parts.append('Every variant, eager inference, each backend vs the reference:\n' + _table(
             ('variant', 'size', 'batch', *(f'{_short(b)} img/s' for b in labels),
              *(f'{_short(b)} / ref' for b in others)), table))
