@@ -21,7 +21,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-# FSDP2 on CPU needs events on CPU streams, which torch < 2.7 lacks ("'Stream' object has no attribute
+# FSDP2 on CPU needs events on CPU streams, which torch 2.6 lacks ("'Stream' object has no attribute
 # 'record_event'"): torch's own limit, not ours. The README says which torch runs it.
 CPU_FSDP2 = hasattr(torch.cpu.current_stream(), 'record_event')
 

@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--check', action='store_true', help='fail if the recipes in --out differ from the generator')
     p.set_defaults(func=_recipe)
 
-    p = sub.add_parser('export-onnx', help='export a model to ONNX (dynamic batch) and check it with onnxruntime')
+    p = sub.add_parser('export-onnx',
+                       help='export a model to ONNX (dynamic batch) and check it with onnxruntime (and OpenVINO)')
     _add_model_args(p, 'ONNX')
     p.add_argument('--img-size', type=_count, default=None,
                    help="export at this input size: filters and pos_embed resampled (default: the weights' own)")
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tolerance', type=_positive, default=1e-4, help='max abs difference allowed (default: 1e-4)')
     p.set_defaults(func=_export_onnx)
 
-    p = sub.add_parser('bench', help='throughput, memory and training speed against the reference and timm ViTs')
+    p = sub.add_parser('bench',
+                       help='speed and memory against the reference and timm ViTs, and every way to run it (runtimes)')
     p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
     p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'runtimes', 'all'),
                    help='what to measure (default: resolution)')
