@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['dft_matrices', 'dft_filter', 'cached_dft_matrices', 'clear_dft_cache']
+__all__ = ['dft_matrices', 'dft_filter', 'cached_dft_matrices', 'cached_sizes', 'clear_dft_cache']
 
 
 def _real_dft(W: int, device: Optional[torch.device], work: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
