@@ -522,10 +522,6 @@ def runtimes_suite(
     return list(rows.values()), shares
 
 
-def _device_name(device: torch.device) -> str:
-    return describe_device(device)
-
-
 def run_bench(
         suites: Sequence[str] = ('resolution',),
         model_name: str = 'gfnet_s',
@@ -565,7 +561,7 @@ def run_bench(
     if bad:
         raise ValueError(f'Sizes must be multiples of 32 (patch 16 and the hierarchical models\' stride 32): {bad}.')
     p = Progress(progress)
-    out: Dict[str, Any] = {'device': _device_name(dev), 'rows': [], 'torch': torch.__version__}
+    out: Dict[str, Any] = {'device': describe_device(dev), 'rows': [], 'torch': torch.__version__}
     unknown = [b for b in backends if b not in LABELS]
     if unknown:
         raise ValueError(f'Unknown filter backend {", ".join(unknown)}: pick from {", ".join(LABELS)}.')

@@ -20,7 +20,13 @@ def _count(text: str) -> int:
 
 def _whole(text: str) -> int:
     """A whole number >= 0."""
-    return 0 if text.strip() == '0' else _count(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is negative')
+    return value
 
 
 def _image_side(text: str) -> int:

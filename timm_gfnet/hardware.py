@@ -32,6 +32,7 @@ def _cpuinfo() -> dict:
     return info
 
 
+@functools.lru_cache(maxsize=None)  # asked on every bf16 filter call (the auto rule)
 def cpu_flags() -> FrozenSet[str]:
     """The CPU's instruction-set flags ('flags' on x86, 'Features' on Arm); empty where /proc/cpuinfo is not."""
     info = _cpuinfo()

@@ -37,7 +37,6 @@ __all__ = ['PretrainedWeights', 'pretrained_weights', 'download_authors_checkpoi
 _logger = logging.getLogger(__name__)
 
 HUB_ORG_ENV = 'TIMM_GFNET_HF_HUB_ORG'
-HUB_FILENAME = 'model.safetensors'
 TIMEOUT_S = 60.  # per socket operation: a stalled server fails instead of hanging forever
 
 
@@ -173,10 +172,14 @@ class PretrainedWeights:
 
     def blame_cache(self, error: CheckpointError) -> CheckpointError:
         """`error`, telling which cached download it came from and how to clear it."""
-        if self.cached is None:
-            return error
-        return CheckpointError(f'{error} It came from the download cached at {self.cached.resolve()}: delete that '
-                               f'file to fetch it again.')
+        return _blame_cache(error, self.cached)
+
+
+def _blame_cache(error: CheckpointError, cached: Optional[Path]) -> CheckpointError:
+    if cached is None:
+        return error
+    return CheckpointError(f'{error} It came from the download cached at {cached.resolve()}: delete that file to '
+                           f'fetch it again.')
 
 
 def pretrained_weights(variant: str, kwargs: Dict[str, Any], arch: Arch) -> Optional[PretrainedWeights]:
@@ -187,20 +190,16 @@ def pretrained_weights(variant: str, kwargs: Dict[str, Any], arch: Arch) -> Opti
     overlay = kwargs.get('pretrained_cfg_overlay')
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=overlay)
     cfg_size = tuple(cfg.input_size[-2:]) if cfg.input_size else None
-    if cfg.state_dict is not None:
-        path, cached = None, False
-        state_dict, img_size = unwrap_state_dict(cfg.state_dict), None
-    else:
-        path, cached = _locate(cfg, kwargs.get('cache_dir'))
+    path, cached = None, None
+    if cfg.state_dict is None:
+        path, downloaded = _locate(cfg, kwargs.get('cache_dir'))
         if path is None:
             return None
-    weights = PretrainedWeights({}, None, path if cached else None)
+        cached = path if downloaded else None
     try:
-        if path is not None:
-            state_dict, img_size = read_weights(path)
+        state_dict, img_size = read_weights(path) if path is not None else (unwrap_state_dict(cfg.state_dict), None)
         check_values(state_dict)
         check_architecture(state_dict, variant, arch)
     except CheckpointError as e:
-        raise weights.blame_cache(e) from None
-    weights.state_dict, weights.img_size = state_dict, img_size or cfg_size
-    return weights
+        raise _blame_cache(e, cached) from None
+    return PretrainedWeights(state_dict, img_size or cfg_size, cached)
