@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+torch.set_num_threads(1)  # the suite runs with -n 2 on 2 cores: one thread per worker
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

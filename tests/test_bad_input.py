@@ -19,7 +19,6 @@ from reference import authors_state_dict, write_authors_checkpoint
 from timm_gfnet import GlobalFilter
 from timm_gfnet.checkpoint import CheckpointError
 
-torch.set_num_threads(1)
 
 TINY = {
     'iso': ('gfnet_ti', dict(depth=2, embed_dim=32)),  # patch 16, one stride

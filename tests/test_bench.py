@@ -11,7 +11,6 @@ from timm.models import register_model
 from timm_gfnet.bench import format_report, matrix_share, memory_use, peak_memory_bytes, run_bench
 from timm_gfnet.cli import main
 
-torch.set_num_threads(1)
 
 
 def test_peak_memory_counts_live_tensors():

@@ -11,7 +11,6 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-torch.set_num_threads(1)
 
 KINDS = ('iso', 'pyr')
 

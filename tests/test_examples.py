@@ -6,7 +6,6 @@ import torch.nn as nn
 
 from timm_gfnet import GlobalFilter, GlobalFilter1d, GlobalFilter3d
 
-torch.set_num_threads(1)
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, filters: list) -> torch.Tensor:

@@ -7,7 +7,6 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from timm_gfnet import GlobalFilter, GlobalFilter1d, GlobalFilter3d, set_filter_backend
 
-torch.set_num_threads(1)
 BACKENDS = ('fft', 'matmul')
 LAYERS = [
     (lambda: GlobalFilter1d(4, 12, fmt='NCL'), (3, 2, 4, 12)),

@@ -18,7 +18,6 @@ from timm_gfnet import GlobalFilter, set_filter_backend
 # the backends that compute the filter ('auto' chooses one of these); every case runs on each
 BACKENDS: List[str] = ['fft', 'matmul']
 
-torch.set_num_threads(1)
 
 # stable in CI: the same examples every run, no example database, no timing-based failures
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))

@@ -23,7 +23,6 @@ from timm_gfnet.checkpoint import CheckpointError
 from timm_gfnet.cli import main
 from timm_gfnet.predict import predict, read_image
 
-torch.set_num_threads(1)
 
 
 def _resampled_authors(variant: str, grids, num_classes: int) -> dict:

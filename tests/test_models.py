@@ -11,7 +11,6 @@ from timm.layers import get_channel_dim, get_spatial_dim
 
 from reference import MODEL_NAMES, VARIANTS
 
-torch.set_num_threads(1)  # the suite runs with -n 2 on 2 cores
 
 HIERARCHICAL = [n for n in MODEL_NAMES if n.startswith('gfnet_h_')]
 

@@ -9,7 +9,6 @@ from reference import authors_state_dict, input_batch, write_authors_checkpoint
 from timm_gfnet.cli import main
 from timm_gfnet.onnx_export import check_onnx, export_onnx
 
-torch.set_num_threads(1)
 
 
 def _run(path, x: torch.Tensor) -> np.ndarray:

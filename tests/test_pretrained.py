@@ -5,7 +5,6 @@ import torch
 
 from reference import MODEL_NAMES, authors_state_dict, expected, input_batch, write_authors_checkpoint
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from reference import VARIANTS, authors_state_dict, input_batch, write_authors_checkpoint
 from timm_gfnet import GlobalFilter, resample_filter
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,6 @@ import torch
 from timm_gfnet.cli import main
 from timm_gfnet.viz import filter_spectra, full_magnitude
 
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize('h,w', [(6, 10), (7, 9), (14, 14), (5, 1)])
