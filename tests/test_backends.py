@@ -13,7 +13,6 @@ from timm_gfnet.filter_backends import global_filter, global_filter_fft, global_
 from timm_gfnet.gfnet import checkpoint_filter_fn
 from timm_gfnet.global_filter import GlobalFilter, set_filter_backend
 
-
 # even and odd sides, a single row or column, and sides that are not powers of two
 SHAPES = [(2, 14, 14, 8), (1, 7, 7, 4), (2, 13, 21, 3), (1, 6, 10, 5), (1, 1, 1, 2), (1, 2, 2, 3), (3, 1, 8, 2),
           (1, 9, 1, 2), (1, 37, 18, 2)]

@@ -19,7 +19,6 @@ from reference import authors_state_dict, write_authors_checkpoint
 from timm_gfnet import GlobalFilter
 from timm_gfnet.checkpoint import CheckpointError
 
-
 TINY = {
     'iso': ('gfnet_ti', dict(depth=2, embed_dim=32)),  # patch 16, one stride
     'pyr': ('gfnet_h_ti', dict(depth=(1, 1, 1, 1), embed_dim=(8, 16, 24, 32))),  # patch 4, strides 4 to 32

@@ -12,7 +12,6 @@ from timm_gfnet.bench import format_report, matrix_share, memory_use, peak_memor
 from timm_gfnet.cli import main
 
 
-
 def test_peak_memory_counts_live_tensors():
     def fn():
         a = torch.ones(1 << 20)  # 4 MiB

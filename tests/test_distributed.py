@@ -11,7 +11,6 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-
 KINDS = ('iso', 'pyr')
 
 

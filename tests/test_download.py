@@ -21,7 +21,6 @@ from reference import authors_state_dict, expected, input_batch, write_authors_c
 from timm_gfnet.checkpoint import CheckpointError
 from timm_gfnet.pretrained_sources import HUB_ORG_ENV, PretrainedUnavailableError, authors_cache_name
 
-
 LINK = '/f/abc/'  # the authors' links look like https://cloud.tsinghua.edu.cn/f/<id>/?dl=1
 
 

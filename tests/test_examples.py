@@ -7,7 +7,6 @@ import torch.nn as nn
 from timm_gfnet import GlobalFilter, GlobalFilter1d, GlobalFilter3d
 
 
-
 def _one_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, filters: list) -> torch.Tensor:
     """One SGD step; returns the loss. Every filter must get a gradient and change."""
     before = [f.complex_weight.detach().clone() for f in filters]

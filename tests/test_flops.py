@@ -14,7 +14,6 @@ from timm_gfnet import GlobalFilter, GlobalFilter1d, GlobalFilter3d, set_filter_
 from timm_gfnet.flops import count_macs, fvcore_handles, profile_model
 from timm_gfnet.published import PUBLISHED
 
-
 README = Path(__file__).resolve().parent.parent / 'README.md'
 
 

@@ -24,7 +24,6 @@ from timm_gfnet.cli import main
 from timm_gfnet.predict import predict, read_image
 
 
-
 def _resampled_authors(variant: str, grids, num_classes: int) -> dict:
     """The authors' recipe weights as their fine-tuning script leaves them at another size: pos_embed and every
     filter interpolated to `grids` (one per stage) with plain F.interpolate here, not with our code, and a new head."""

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from timm_gfnet import GlobalFilter, GlobalFilter1d, GlobalFilter3d, clear_filter_caches, set_filter_backend
 from timm_gfnet.dft import cached_sizes
 
-
 # (class, fmt, size, channels_last): even and odd last axes, a size-1 axis
 LAYOUTS = [
     (GlobalFilter1d, 'NLC', (9,), True), (GlobalFilter1d, 'NCL', (8,), False),

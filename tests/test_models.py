@@ -11,7 +11,6 @@ from timm.layers import get_channel_dim, get_spatial_dim
 
 from reference import MODEL_NAMES, VARIANTS
 
-
 HIERARCHICAL = [n for n in MODEL_NAMES if n.startswith('gfnet_h_')]
 
 

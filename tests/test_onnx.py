@@ -10,7 +10,6 @@ from timm_gfnet.cli import main
 from timm_gfnet.onnx_export import check_onnx, export_onnx
 
 
-
 def _run(path, x: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

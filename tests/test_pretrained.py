@@ -6,7 +6,6 @@ import torch
 from reference import MODEL_NAMES, authors_state_dict, expected, input_batch, write_authors_checkpoint
 
 
-
 @pytest.fixture(scope='module')
 def reference_outputs():
     return expected()

@@ -10,7 +10,6 @@ from reference import VARIANTS, authors_state_dict, input_batch, write_authors_c
 from timm_gfnet import GlobalFilter, resample_filter
 
 
-
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     d = tmp_path_factory.mktemp('ckpt')

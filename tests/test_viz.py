@@ -6,7 +6,6 @@ from timm_gfnet.cli import main
 from timm_gfnet.viz import filter_spectra, full_magnitude
 
 
-
 @pytest.mark.parametrize('h,w', [(6, 10), (7, 9), (14, 14), (5, 1)])
 def test_full_magnitude_is_the_fft2_of_a_real_kernel(h, w):
     kernel = torch.randn(h, w, 3, dtype=torch.float64)

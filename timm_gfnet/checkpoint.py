@@ -14,6 +14,7 @@ while `import timm` runs.
 """
 import argparse
 import functools
+import hashlib
 import json
 import pickle
 import re
@@ -26,6 +27,7 @@ import torch.nn as nn
 __all__ = [
     'CheckpointError', 'WEIGHT_FILES', 'read_checkpoint', 'read_weights', 'unwrap_state_dict', 'checkpoint_arch',
     'describe_arch', 'infer_variant', 'check_architecture', 'check_values', 'check_fits', 'load_model',
+    'weights_digest',
 ]
 
 # "model" first: the authors evaluate and publish those weights, not the EMA ones
@@ -38,6 +40,17 @@ Arch = Tuple[Tuple[int, ...], Tuple[int, ...]]
 
 class CheckpointError(ValueError):
     """A file that is not a usable checkpoint."""
+
+
+def weights_digest(state_dict: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict's keys, dtypes, shapes and values (sorted keys): recorded when the authors' released
+    weights are loaded, so that a card claims their published results only for those very tensors."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(f'{k}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
 
 
 def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
