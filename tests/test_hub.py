@@ -193,35 +193,44 @@ def _closed_port() -> int:
 
 # what the Hub said, and the fix
 ERRORS = {
-    'wrong token': (dict(token='hf_not_a_token'), {}, '(401: Invalid credentials in Authorization header); pass a '
+    'wrong token': (['--token', 'hf_not_a_token'], '(401: Invalid credentials in Authorization header); pass a '
                     'token with write access (--token or HF_TOKEN, or `hf auth login`).'),
-    'no token': (dict(), {}, '(401: You must be authenticated to create a repository); pass a token with write access'),
-    'missing repo': (dict(token=TOKEN, args=('--no-create',), repo=f'{ORG}/missing'), {},
-                     f'refused the push to {ORG}/missing (404: '),
-    'not your namespace': (dict(token='hf_bob_write'), {}, f'(403: You do not have the rights to create a model under '
+    'no token': ([], '(401: You must be authenticated to create a repository); pass a token with write access'),
+    'missing repo': (['--token', TOKEN, '--no-create'], f'refused the push to {ORG}/gfnet_ti.errors (404: '),
+    'missing branch': (['--token', TOKEN, '--no-create', '--revision', 'nope'], '(404: Invalid rev id: nope)'),
+    'not your namespace': (['--token', 'hf_bob_write'], f'(403: You do not have the rights to create a model under '
                            f"the namespace {ORG}); use a token with write access to '{ORG}', or push to a namespace "
                            'you own.'),
-    'no network': (dict(token=TOKEN, endpoint='closed'), {}, 'cannot reach the Hub at http://127.0.0.1:'),
-    'offline mode': (dict(token=TOKEN), {'HF_HUB_OFFLINE': '1'}, 'HF_HUB_OFFLINE is set, so nothing can be pushed; '
-                     'unset HF_HUB_OFFLINE.'),
+    'no network': (['--token', TOKEN], 'cannot reach the Hub at http://127.0.0.1:'),
+    'offline mode': (['--token', TOKEN], 'HF_HUB_OFFLINE is set, so nothing can be pushed; unset HF_HUB_OFFLINE.'),
 }
 
 
 @pytest.mark.parametrize('case', list(ERRORS))
-def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path):
-    how, env, message = ERRORS[case]
-    endpoint = f'http://127.0.0.1:{_closed_port()}' if how.get('endpoint') == 'closed' else hub.endpoint
-    args = [str(checkpoint), how.get('repo', f'{ORG}/gfnet_ti.errors'), *how.get('args', ())]
-    if 'token' in how:
-        args += ['--token', how['token']]
+def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path, monkeypatch, capsys):
+    """In this process, with huggingface_hub's settings pointed at the server (or a closed port, or offline) and no
+    token of the machine."""
+    from huggingface_hub import HfApi, constants
+
+    from timm_gfnet.cli import main
+
+    args, message = ERRORS[case]
+    endpoint = f'http://127.0.0.1:{_closed_port()}' if case == 'no network' else hub.endpoint
+    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', case == 'offline mode')
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'token'))
+    for key in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN'):
+        monkeypatch.delenv(key, raising=False)
+    repo = 'alice/gfnet_ti.errors' if case == 'missing branch' else f'{ORG}/gfnet_ti.errors'
+    if case == 'missing branch':
+        HfApi(endpoint=hub.endpoint, token=TOKEN).create_repo(repo, exist_ok=True)
     repos_before = set(hub.repos)
-    proc = _push(*args, endpoint=endpoint, tmp=tmp_path, **env)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: '), proc.stderr
-    assert message.replace(REPO, f'{ORG}/gfnet_ti.errors') in lines[0]
+    assert main(['push', str(checkpoint), repo, *args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: '), lines
+    assert message in lines[0]
     assert set(hub.repos) == repos_before  # nothing was created
-    if case == 'missing repo':
+    if case.startswith('missing'):
         assert 'leave out --no-create to create them' in lines[0]
 
 
