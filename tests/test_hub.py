@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from hub_server import HubServer
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load as load_safetensors
 from timm.data import ImageNetInfo
 from timm.models import save_for_hf
@@ -21,6 +21,7 @@ from reference import authors_state_dict, expected, input_batch, write_authors_c
 from timm_gfnet import load_model
 from timm_gfnet.cards import generate_card
 from timm_gfnet.checkpoint import weights_digest
+from timm_gfnet.cli import main
 from timm_gfnet.hub import export_for_hub, save_for_hub
 from timm_gfnet.published import PUBLISHED
 
@@ -39,6 +40,21 @@ def hub():
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory) -> Path:
     return write_authors_checkpoint('gfnet_ti', tmp_path_factory.mktemp('ckpt') / 'gfnet-ti.pth')
+
+
+@pytest.fixture
+def in_process(hub, monkeypatch, tmp_path):
+    """huggingface_hub's settings in this process pointed at the server, uploads over LFS (the server speaks no Xet),
+    online, and no token of the machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'ENDPOINT', hub.endpoint)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'token'))
+    for key in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN'):
+        monkeypatch.delenv(key, raising=False)
+    return constants
 
 
 def _env(tmp: Path, endpoint: str, **extra: str) -> dict:
@@ -157,7 +173,7 @@ torch.save({'id2label': model.config.id2label, 'pipeline': [r['label'] for r in 
 '''
 
 
-def test_push_own_head_and_labels_to_a_private_branch_with_own_card(hub, tmp_path):
+def test_push_own_head_and_labels_to_a_private_branch_with_own_card(hub, in_process, tmp_path):
     """A 3-class cat/dog/bird model saved by timm's own `save_for_hf`, pushed to a new private repo's `dev` branch
     with a given card: the head exactly as trained, and its labels where transformers shows them."""
     model = timm.create_model('gfnet_ti', num_classes=3)
@@ -166,9 +182,8 @@ def test_push_own_head_and_labels_to_a_private_branch_with_own_card(hub, tmp_pat
     card = tmp_path / 'card.md'
     card.write_text('---\nlicense: mit\nlibrary_name: timm\n---\n# My GFNet\n')
     repo = 'alice/gfnet_ti.pets'
-    proc = _push(str(folder), repo, '--private', '--revision', 'dev', '--card', str(card), endpoint=hub.endpoint,
-                 tmp=tmp_path, HF_TOKEN=TOKEN)
-    assert proc.returncode == 0, proc.stderr
+    pushed = main(['push', str(folder), repo, '--private', '--revision', 'dev', '--card', str(card), '--token', TOKEN])
+    assert pushed == 0
     assert hub.repos[repo].private and sorted(hub.files(repo, 'main')) == ['.gitattributes']
     files = hub.files(repo, 'dev')
     assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']
@@ -207,23 +222,14 @@ ERRORS = {
 
 
 @pytest.mark.parametrize('case', list(ERRORS))
-def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path, monkeypatch, capsys):
-    """In this process, with huggingface_hub's settings pointed at the server (or a closed port, or offline) and no
-    token of the machine."""
-    from huggingface_hub import HfApi, constants
-
-    from timm_gfnet.cli import main
-
+def test_push_errors_are_one_clear_line(case, hub, in_process, checkpoint, monkeypatch, capsys):
     args, message = ERRORS[case]
-    endpoint = f'http://127.0.0.1:{_closed_port()}' if case == 'no network' else hub.endpoint
-    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', case == 'offline mode')
-    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'token'))
-    for key in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN'):
-        monkeypatch.delenv(key, raising=False)
+    if case == 'no network':
+        monkeypatch.setattr(in_process, 'ENDPOINT', f'http://127.0.0.1:{_closed_port()}')
+    monkeypatch.setattr(in_process, 'HF_HUB_OFFLINE', case == 'offline mode')
     repo = 'alice/gfnet_ti.errors' if case == 'missing branch' else f'{ORG}/gfnet_ti.errors'
     if case == 'missing branch':
-        HfApi(endpoint=hub.endpoint, token=TOKEN).create_repo(repo, exist_ok=True)
+        HfApi(token=TOKEN).create_repo(repo)
     repos_before = set(hub.repos)
     assert main(['push', str(checkpoint), repo, *args]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -237,8 +243,6 @@ def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path, monkeyp
 def test_push_refuses_bad_input_before_contacting_the_hub(tmp_path, capsys):
     """Local problems are reported (one line, what to do) before any request: no endpoint is even needed."""
     from safetensors.torch import save_file
-
-    from timm_gfnet.cli import main
 
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'resnet').mkdir()
