@@ -149,7 +149,7 @@ def test_keys_are_train_py_options(model, task):
     assert 'lr' not in yaml.safe_load(text)  # a set lr would override the lr_base rule
     settings = [line for line in text.splitlines() if line and not line.startswith('#')]
     assert len(settings) == len(yaml.safe_load(text))  # a line per value, each with its source beside it
-    assert all(re.fullmatch(r'[a-z_]+: \S.*\S  # \S.*', line) for line in settings), settings
+    assert all(re.fullmatch(r'[a-z_]+: \S.*  # \S.*', line) for line in settings), settings
 
 
 def test_option_list_holds_the_names_with_subtleties():
