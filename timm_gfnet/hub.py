@@ -15,16 +15,17 @@ from typing import Any, Dict, Optional, Union
 import timm
 import torch
 import torch.nn as nn
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.models import save_for_hf
 
+from . import __version__
 from .cards import generate_card
 from .checkpoint import load_model, weights_digest
 
-__all__ = ['HUB_FILES', 'HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
+__all__ = ['HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
 
-HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
 # the fix for what the Hub answered, by status
 _FIXES = {
     401: 'pass a token with write access (--token or HF_TOKEN, or `hf auth login`)',
@@ -93,7 +94,8 @@ def export_for_hub(
         repo_id: Optional[str] = None,
         card: Optional[Union[str, Path]] = None,
 ) -> Path:
-    """Write `HUB_FILES` for `model` to `out_dir`: what `push_to_hub` uploads and `local-dir:` loads.
+    """Write `config.json`, `model.safetensors` and `README.md` for `model` to `out_dir`: what `push_to_hub` uploads
+    and `local-dir:` loads.
 
     The card is generated for the model's `architecture.tag` (snippets loading `hf-hub:<repo_id>` when given), with
     the authors' published results only for their own weights; `card` names a README to use instead.
@@ -108,23 +110,6 @@ def export_for_hub(
         text = str(generate_card(name, repo_id=repo_id, model_args=model_args, authors_weights=_authors_weights(model)))
     (out_dir / 'README.md').write_text(text, encoding='utf-8')
     return out_dir
-
-
-def _hub_error(e: Exception, repo_id: str, endpoint: str) -> Optional[HubError]:
-    """The one-line HubError for a failed Hub request: what the Hub said and the fix (None: not a Hub failure)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        status = e.response.status_code
-        said = ' '.join(str(e.server_message or e.response.reason_phrase).split())
-        fix = _FIXES.get(status, 'try again later').format(owner=repo_id.split('/')[0])
-        return HubError(f'the Hub at {endpoint} refused the push to {repo_id} ({status}: {said}); {fix}.')
-    # huggingface_hub 0.x raises requests' ConnectionError, 1.x+ httpx's TransportError: matched by name, not by
-    # importing the HTTP library of one version
-    if {c.__name__ for c in type(e).__mro__} & {'ConnectionError', 'TransportError', 'Timeout'}:
-        return HubError(f'cannot reach the Hub at {endpoint} ({str(e) or type(e).__name__}); check the network, proxy '
-                        f'settings or HF_ENDPOINT.')
-    return None
 
 
 def push_to_hub(
@@ -142,10 +127,6 @@ def push_to_hub(
     The repository (and the `revision` branch) are created when missing, unless `create=False`, which only pushes
     to an existing one. `private` applies to a new repository. Returns huggingface_hub's `CommitInfo`.
     """
-    from huggingface_hub import HfApi
-
-    from . import __version__
-
     if constants.HF_HUB_OFFLINE:
         raise HubError('HF_HUB_OFFLINE is set, so nothing can be pushed; unset HF_HUB_OFFLINE.')
     # local input is checked first (a bad file creates no repository), the Hub is asked before the export work
@@ -163,12 +144,22 @@ def push_to_hub(
         with TemporaryDirectory() as tmp:
             export_for_hub(model, tmp, repo_id=repo_id, card=card)
             return api.upload_folder(
-                repo_id=repo_id, folder_path=tmp, revision=revision, allow_patterns=list(HUB_FILES),
+                repo_id=repo_id, folder_path=tmp, revision=revision,
                 commit_message=commit_message or f'Add {model.pretrained_cfg["architecture"]} weights '
                                                  f'(timm-gfnet {__version__})',
             )
-    except Exception as e:
-        error = _hub_error(e, repo_id, api.endpoint)
-        if error is None:
+    except HfHubHTTPError as e:  # one line with what the Hub said, where huggingface_hub's message has several
+        if e.response is None:
             raise
-        raise error from None
+        status = e.response.status_code
+        said = ' '.join(str(e.server_message or e.response.reason_phrase).split())
+        fix = _FIXES.get(status, 'try again later' if status >= 500 else 'correct what the Hub names')
+        fix = fix.format(owner=repo_id.split('/')[0])
+        raise HubError(f'the Hub at {api.endpoint} refused the push to {repo_id} ({status}: {said}); {fix}.') from None
+    except Exception as e:
+        # huggingface_hub 0.x raises requests' ConnectionError, 1.x+ httpx's TransportError: matched by name, not by
+        # importing the HTTP library of one version
+        if not {c.__name__ for c in type(e).__mro__} & {'ConnectionError', 'TransportError', 'Timeout'}:
+            raise
+        raise HubError(f'cannot reach the Hub at {api.endpoint} ({str(e) or type(e).__name__}); check the network, '
+                       f'proxy settings or HF_ENDPOINT.') from None
