@@ -1,5 +1,6 @@
-"""Model cards: one per pretrained tag in model_cards/, equal to what the generator writes now, valid Hub metadata,
-numbers that are the model's own, and code snippets that run (with random weights and a generated image)."""
+"""timm_gfnet.cards: one card per pretrained tag in model_cards/, equal to what the generator writes now, valid Hub
+metadata, numbers that are the model's own, published results only for the authors' weights, and code snippets that
+run (with random weights and a generated image)."""
 import io
 import re
 import urllib.request
@@ -13,22 +14,14 @@ from PIL import Image
 from timm.models import get_pretrained_cfg
 
 from reference import VARIANTS
-from timm_gfnet.cards import (
-    CITATION,
-    EXAMPLE_IMAGE,
-    ORIGINAL_REPO,
-    PAPERS,
-    PUBLISHED,
-    card_names,
-    check_cards,
-    generate_card,
-)
+from timm_gfnet.cards import check_cards, generate_card
 from timm_gfnet.cli import main
 from timm_gfnet.flops import profile_model
 from timm_gfnet.global_filter import set_filter_backend
+from timm_gfnet.published import PUBLISHED
 
 CARDS = Path(__file__).resolve().parent.parent / 'model_cards'
-NAMES = card_names()
+NAMES = timm.list_pretrained('gfnet*')
 SIZE = re.compile(r'torch\.Size\(\[[\d, ]+\]\)')
 
 
@@ -67,8 +60,10 @@ def test_card_metadata(name):
     assert {(r.task_type, r.dataset_type, r.dataset_split) for r in data.eval_results} == {
         ('image-classification', 'imagenet-1k', 'validation')}
     text = card.text
-    assert f'# Model card for {name}' in text and f'```bibtex\n{CITATION}\n```' in text
-    assert ORIGINAL_REPO in text and get_pretrained_cfg(name).url in text and all(url in text for _, url in PAPERS)
+    cfg = get_pretrained_cfg(name)
+    assert f'# Model card for {name}' in text and '```bibtex\n@inproceedings{rao2021global,' in text
+    assert cfg.origin_url in text and cfg.url in text and PUBLISHED[name]['gdrive'] in text
+    assert f"arxiv.org/abs/{cfg.paper_ids.split(':')[1]}" in text
     assert f"| {name} | {PUBLISHED[name]['top1']} | {PUBLISHED[name]['top5']} |" in text
     assert [s.split('\n')[-1] for s in re.findall(r'### .*?\n```python', text)] == ['```python'] * 3
     for code in _snippets(text):
@@ -104,7 +99,7 @@ def offline_snippets(monkeypatch):
                                   dtype=torch.uint8).numpy()).save(png, format='PNG')
 
     def urlopen(url, *args, **kwargs):
-        assert url == EXAMPLE_IMAGE
+        assert url.startswith('https://huggingface.co/datasets/') and url.endswith('.png')
         return io.BytesIO(png.getvalue())
 
     monkeypatch.setattr(timm, 'create_model', create_random)
@@ -126,13 +121,14 @@ def test_card_snippets_run(name, offline_snippets, capsys):
 
 
 def test_card_for_a_hub_repo_and_other_weights():
-    card = generate_card('gfnet_ti.in1k', repo_id='someone/gfnet_ti.in1k')
+    card = generate_card('gfnet_ti.in1k', repo_id='someone/gfnet_ti.in1k', authors_weights=True)
     assert all("'hf-hub:someone/gfnet_ti.in1k'" in code for code in _snippets(card.text))
     assert card.data.eval_results and str(card) != (CARDS / 'gfnet_ti.in1k.md').read_text()
-    # a fine-tuned head is not the authors' published model: no results claimed for it
-    other = generate_card('gfnet_ti.in1k', repo_id='someone/pets', model_args=dict(num_classes=37))
+    # weights not known to be the authors' (the default), or a head of other classes: no results claimed
+    assert generate_card('gfnet_ti.in1k').data.eval_results is None
+    other = generate_card('gfnet_ti.in1k', repo_id='someone/pets', model_args=dict(num_classes=3), authors_weights=True)
     assert other.data.eval_results is None and other.data.datasets is None and '## Results' not in other.text
-    assert '37 classes' in other.text and 'ImageNetInfo' not in other.text
+    assert '3 classes' in other.text and 'ImageNetInfo' not in other.text and 'k=3)' in other.text
     for code in _snippets(other.text):
         compile(code, 'other', 'exec')
 

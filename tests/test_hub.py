@@ -1,5 +1,6 @@
-"""`timm-gfnet push` with the real huggingface_hub client against a Hub look-alike on 127.0.0.1 (hub_server.py),
-then loading back with plain timm in a fresh interpreter: `hf-hub:` and `local-dir:`; and the push errors."""
+"""timm_gfnet.hub: `timm-gfnet push` with the real huggingface_hub client against a Hub look-alike on 127.0.0.1
+(hub_server.py), then loading back with plain timm and transformers in a fresh interpreter; the push errors; and what
+`export_for_hub` / `save_for_hub` write (config.json, the card's claims)."""
 import json
 import os
 import socket
@@ -8,13 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from hub_server import HubServer
+from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load as load_safetensors
 from timm.data import ImageNetInfo
+from timm.models import save_for_hf
 
-from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint, write_fine_tuned_checkpoint
+from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
+from timm_gfnet import load_model
 from timm_gfnet.cards import generate_card
+from timm_gfnet.checkpoint import weights_digest
+from timm_gfnet.cli import main
+from timm_gfnet.hub import export_for_hub, save_for_hub
+from timm_gfnet.published import PUBLISHED
 
 TOKEN = 'hf_alice_write'
 ORG = 'gfnet-org'
@@ -31,6 +40,21 @@ def hub():
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory) -> Path:
     return write_authors_checkpoint('gfnet_ti', tmp_path_factory.mktemp('ckpt') / 'gfnet-ti.pth')
+
+
+@pytest.fixture
+def in_process(hub, monkeypatch, tmp_path):
+    """huggingface_hub's settings in this process pointed at the server, uploads over LFS (the server speaks no Xet),
+    online, and no token of the machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'ENDPOINT', hub.endpoint)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'token'))
+    for key in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN'):
+        monkeypatch.delenv(key, raising=False)
+    return constants
 
 
 def _env(tmp: Path, endpoint: str, **extra: str) -> dict:
@@ -69,9 +93,10 @@ def test_push_then_plain_timm_and_transformers_load_it(hub, checkpoint, tmp_path
     source = authors_state_dict('gfnet_ti')
     assert sorted(weights) == sorted(source) and all(torch.equal(weights[k], v) for k, v in source.items())
 
+    # weights in the authors' format, but not their released tensors: no published results claimed
     card = files['README.md'].decode()
     assert card == str(generate_card('gfnet_ti.in1k', repo_id=REPO, model_args={'num_classes': 1000}))
-    assert f"timm.create_model('hf-hub:{REPO}', pretrained=True)" in card and 'value: 74.6' in card
+    assert f"timm.create_model('hf-hub:{REPO}', pretrained=True)" in card and 'model-index' not in card
 
     # huggingface_hub's upload progress bar, then where the model is and how to load it
     assert 'model.safetensors: 100%' in pushed.stderr
@@ -133,26 +158,46 @@ def _check_clients_load(hub: HubServer, tmp_path: Path) -> None:
     assert ('GET', f'cdn:/{oid}') in hub.requests
 
 
-def test_push_fine_tuned_folder_to_private_branch_with_own_card(hub, tmp_path):
-    """A folder from `timm-gfnet convert` of a 10-class fine-tuned checkpoint, a new private repo, another branch,
-    a given card: the head is uploaded exactly as it was fine-tuned."""
-    ckpt, head = write_fine_tuned_checkpoint('gfnet_ti', tmp_path / 'ft10.pth', num_classes=10)
-    folder = tmp_path / 'converted'
-    assert subprocess.run([sys.executable, '-m', 'timm_gfnet.cli', 'convert', str(ckpt), '--out', str(folder)],
-                          capture_output=True).returncode == 0
+LABELS = r'''
+import sys
+import timm  # first: the plugin autoload misses GFNet when transformers' find_spec('timm') runs before (reported)
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+repo_id, token, out_file = sys.argv[1:]
+model = AutoModelForImageClassification.from_pretrained(repo_id, revision='dev', token=token)
+image = Image.new('RGB', (240, 180), (200, 120, 40))
+top = pipeline('image-classification', model=repo_id, revision='dev', token=token)(image, top_k=3)
+torch.save({'id2label': model.config.id2label, 'pipeline': [r['label'] for r in top]}, out_file)
+'''
+
+
+def test_push_own_head_and_labels_to_a_private_branch_with_own_card(hub, in_process, tmp_path):
+    """A 3-class cat/dog/bird model saved by timm's own `save_for_hf`, pushed to a new private repo's `dev` branch
+    with a given card: the head exactly as trained, and its labels where transformers shows them."""
+    model = timm.create_model('gfnet_ti', num_classes=3)
+    folder = tmp_path / 'pets'
+    save_for_hf(model, str(folder), model_config={'label_names': ['cat', 'dog', 'bird']}, safe_serialization=True)
     card = tmp_path / 'card.md'
     card.write_text('---\nlicense: mit\nlibrary_name: timm\n---\n# My GFNet\n')
-    repo = 'alice/gfnet_ti.experiment'
-    proc = _push(str(folder), repo, '--private', '--revision', 'dev', '--card', str(card), endpoint=hub.endpoint,
-                 tmp=tmp_path, HF_TOKEN=TOKEN)
-    assert proc.returncode == 0, proc.stderr
+    repo = 'alice/gfnet_ti.pets'
+    pushed = main(['push', str(folder), repo, '--private', '--revision', 'dev', '--card', str(card), '--token', TOKEN])
+    assert pushed == 0
     assert hub.repos[repo].private and sorted(hub.files(repo, 'main')) == ['.gitattributes']
     files = hub.files(repo, 'dev')
     assert sorted(files) == ['.gitattributes', 'README.md', 'config.json', 'model.safetensors']
     assert files['README.md'].decode() == card.read_text()
-    assert json.loads(files['config.json'])['num_classes'] == 10
+    config = json.loads(files['config.json'])
+    assert config['num_classes'] == 3 and config['label_names'] == ['cat', 'dog', 'bird']
     weights = load_safetensors(files['model.safetensors'])
-    assert all(torch.equal(weights[k], v) for k, v in head.items())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+    proc = subprocess.run([sys.executable, '-c', LABELS, repo, TOKEN, str(tmp_path / 'out.pt')],
+                          env=_env(tmp_path / 'load', hub.endpoint), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = torch.load(tmp_path / 'out.pt')
+    assert out['id2label'] == {0: 'cat', 1: 'dog', 2: 'bird'} and sorted(out['pipeline']) == ['bird', 'cat', 'dog']
 
 
 def _closed_port() -> int:
@@ -161,43 +206,43 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+# what the Hub said, and the fix
 ERRORS = {
-    'wrong token': (dict(token='hf_not_a_token'), {}, 'rejected the token (401 Unauthorized: Invalid credentials in '
-                    'Authorization header); pass a valid token with write access (--token or HF_TOKEN'),
-    'no token': (dict(), {}, 'needs a token to push (401 Unauthorized'),
-    'missing repo': (dict(token=TOKEN, args=('--no-create',), repo=f'{ORG}/missing'), {},
-                     f'repository {ORG}/missing not found on http://127.0.0.1:'),
-    'not your namespace': (dict(token='hf_bob_write'), {}, f"the token may not write to {REPO} (403 Forbidden: You do "
-                           f"not have the rights to create a model under the namespace {ORG}); use a token with write "
-                           f"access to '{ORG}'"),
-    'no network': (dict(token=TOKEN, endpoint='closed'), {}, 'cannot reach the Hub at http://127.0.0.1:'),
-    'offline mode': (dict(token=TOKEN), {'HF_HUB_OFFLINE': '1'}, 'offline mode is on (HF_HUB_OFFLINE)'),
+    'wrong token': (['--token', 'hf_not_a_token'], '(401: Invalid credentials in Authorization header); pass a '
+                    'token with write access (--token or HF_TOKEN, or `hf auth login`).'),
+    'no token': ([], '(401: You must be authenticated to create a repository); pass a token with write access'),
+    'missing repo': (['--token', TOKEN, '--no-create'], f'refused the push to {ORG}/gfnet_ti.errors (404: '),
+    'missing branch': (['--token', TOKEN, '--no-create', '--revision', 'nope'], '(404: Invalid rev id: nope)'),
+    'not your namespace': (['--token', 'hf_bob_write'], f'(403: You do not have the rights to create a model under '
+                           f"the namespace {ORG}); use a token with write access to '{ORG}', or push to a namespace "
+                           'you own.'),
+    'no network': (['--token', TOKEN], 'cannot reach the Hub at http://127.0.0.1:'),
+    'offline mode': (['--token', TOKEN], 'HF_HUB_OFFLINE is set, so nothing can be pushed; unset HF_HUB_OFFLINE.'),
 }
 
 
 @pytest.mark.parametrize('case', list(ERRORS))
-def test_push_errors_are_one_clear_line(case, hub, checkpoint, tmp_path):
-    how, env, message = ERRORS[case]
-    endpoint = f'http://127.0.0.1:{_closed_port()}' if how.get('endpoint') == 'closed' else hub.endpoint
-    args = [str(checkpoint), how.get('repo', f'{ORG}/gfnet_ti.errors'), *how.get('args', ())]
-    if 'token' in how:
-        args += ['--token', how['token']]
+def test_push_errors_are_one_clear_line(case, hub, in_process, checkpoint, monkeypatch, capsys):
+    args, message = ERRORS[case]
+    if case == 'no network':
+        monkeypatch.setattr(in_process, 'ENDPOINT', f'http://127.0.0.1:{_closed_port()}')
+    monkeypatch.setattr(in_process, 'HF_HUB_OFFLINE', case == 'offline mode')
+    repo = 'alice/gfnet_ti.errors' if case == 'missing branch' else f'{ORG}/gfnet_ti.errors'
+    if case == 'missing branch':
+        HfApi(token=TOKEN).create_repo(repo)
     repos_before = set(hub.repos)
-    proc = _push(*args, endpoint=endpoint, tmp=tmp_path, **env)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: '), proc.stderr
-    assert message.replace(REPO, f'{ORG}/gfnet_ti.errors') in lines[0]
+    assert main(['push', str(checkpoint), repo, *args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: '), lines
+    assert message in lines[0]
     assert set(hub.repos) == repos_before  # nothing was created
-    if case == 'missing repo':
-        assert 'leave out --no-create to create it' in lines[0]
+    if case.startswith('missing'):
+        assert 'leave out --no-create to create them' in lines[0]
 
 
 def test_push_refuses_bad_input_before_contacting_the_hub(tmp_path, capsys):
     """Local problems are reported (one line, what to do) before any request: no endpoint is even needed."""
     from safetensors.torch import save_file
-
-    from timm_gfnet.cli import main
 
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'resnet').mkdir()
@@ -215,3 +260,48 @@ def test_push_refuses_bad_input_before_contacting_the_hub(tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith('timm-gfnet push: error: ') and message in lines[0], lines
     assert main(['push', str(tmp_path / 'empty'), f'{ORG}/never', '--card', str(tmp_path / 'nope.md')]) == 1
     assert 'No model card file at' in capsys.readouterr().err
+
+
+def _results(folder: Path):
+    return ModelCard.load(folder / 'README.md').data.eval_results  # huggingface_hub's model-index reader
+
+
+def test_card_claims_published_results_only_for_the_authors_tensors(tmp_path):
+    """The authors' top-1 / top-5 go into the card only when the weights digest recorded at loading (the authors'
+    release: `pretrained_cfg['weights_digest']`) is that of the tensors exported; never for random or changed ones."""
+    model = timm.create_model('gfnet_ti')  # gfnet_ti.in1k's 1000 classes at 224, random weights
+    assert _results(export_for_hub(model, tmp_path / 'random')) is None
+
+    model.pretrained_cfg['weights_digest'] = weights_digest(model.state_dict())
+    results = _results(export_for_hub(model, tmp_path / 'authors'))
+    assert {r.metric_type: r.metric_value for r in results} == {
+        'accuracy': PUBLISHED['gfnet_ti.in1k']['top1'], 'top_5_accuracy': PUBLISHED['gfnet_ti.in1k']['top5']}
+    # the digest vouches for tensors, not for a file: config.json does not carry it (timm could not load it either)
+    assert 'weights_digest' not in json.loads((tmp_path / 'authors' / 'config.json').read_text())['pretrained_cfg']
+    assert timm.create_model(f'local-dir:{tmp_path / "authors"}', pretrained=True).num_classes == 1000
+
+    with torch.no_grad():
+        model.head.bias[0] += 1e-3  # one weight fine-tuned
+    assert _results(export_for_hub(model, tmp_path / 'changed')) is None
+
+
+@pytest.mark.parametrize('labels,stored', [
+    (['cat', 'dog', 'bird'], True),
+    ([f'part {i}' for i in range(1000)], True),  # a 1000-class head of its own
+    (ImageNetInfo().label_names(), False),  # ImageNet's synsets: both clients infer them from the class count
+])
+def test_config_keeps_the_models_own_labels(labels, stored, tmp_path):
+    model = timm.create_model('gfnet_ti', num_classes=len(labels), img_size=32, depth=1)
+    model.pretrained_cfg['label_names'] = labels
+    config = json.loads((save_for_hub(model, tmp_path) / 'config.json').read_text())
+    assert config.get('label_names') == (labels if stored else None)
+
+
+def test_the_filter_backend_is_not_architecture(tmp_path):
+    """A backend is a run-time choice: config.json does not record it, and the folder loads with the default."""
+    model = timm.create_model('gfnet_ti', filter_backend='matmul', img_size=96, depth=2)
+    save_for_hub(model, tmp_path / 'm')
+    config = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    assert config['model_args'] == {'img_size': [96, 96], 'depth': 2}
+    loaded = load_model(tmp_path / 'm')
+    assert {m.filter_backend for m in loaded.modules() if hasattr(m, 'filter_backend')} == {'auto'}

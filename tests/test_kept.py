@@ -146,17 +146,6 @@ def test_any_checkpoint_of_ours_loads_back_bit_exact(variant, side, aspect, num_
     assert _equal(load_model(d / 'again'), weights)
 
 
-def test_the_filter_backend_is_not_architecture(tmp_path):
-    """A backend is a run-time choice: config.json does not record it, and the folder loads with the default."""
-    from timm_gfnet.hub import save_for_hub
-    model = timm.create_model('gfnet_ti', filter_backend='matmul', img_size=96, depth=2)
-    save_for_hub(model, tmp_path / 'm')
-    config = json.loads((tmp_path / 'm' / 'config.json').read_text())
-    assert config['model_args'] == {'img_size': [96, 96], 'depth': 2}
-    loaded = load_model(tmp_path / 'm')
-    assert {m.filter_backend for m in loaded.modules() if hasattr(m, 'filter_backend')} == {'auto'}
-
-
 # ---- every source gets the same checks
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,7 @@
-"""Training recipes (`timm-gfnet recipe`): every value against the authors' settings (the packaged training.json,
-parsed here independently of the generator), the learning rate timm's train.py computes from them, the keys against
-train.py's options, the schedule, data and optimizer timm's own factories build from them, and the committed files
-against the generator."""
+"""timm_gfnet.recipes (`timm-gfnet recipe`): every value against the authors' settings (tests/data/training.json, a
+copy of the reference data, parsed here independently of the generator), the learning rate timm's train.py computes
+from them, the keys against train.py's options, the schedule, data and optimizer timm's own factories build from them,
+and the committed files against the generator."""
 import argparse
 import json
 import math
@@ -18,14 +18,18 @@ from timm.models import resolve_model_input_args
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from timm_gfnet import recipes
 from timm_gfnet.cli import main
-from timm_gfnet.recipes import TASKS, check_recipes, generate_recipe, recipe_models, recipe_values
+from timm_gfnet.recipes import TASKS, check_recipes, generate_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / 'recipes'
-TRAINING = json.loads((ROOT / 'timm_gfnet' / 'data' / 'training.json').read_text())
-CASES = [(m, t) for m in recipe_models() for t in TASKS]
+TRAINING = json.loads((ROOT / 'tests' / 'data' / 'training.json').read_text())
+CASES = [(m, t) for m in timm.list_models('gfnet*') for t in TASKS]
+
+
+def recipe_values(model: str, task: str) -> dict:
+    """A recipe as timm's train.py reads it (`--config`: yaml.safe_load)."""
+    return yaml.safe_load(generate_recipe(model, task))
 
 
 def _train_py_dests() -> set:
@@ -112,17 +116,17 @@ def _namespace(cfg: dict, world_size: int) -> argparse.Namespace:
 
 
 def test_packaged_copy_is_the_reference_data():
-    assert recipes.load_training_data() == TRAINING
-    assert recipe_models() == timm.list_models('gfnet*')  # the seven, named as timm names them
+    assert json.loads((ROOT / 'timm_gfnet' / 'data' / 'training.json').read_text()) == TRAINING
+    archs = TRAINING['imagenet_drop_path_rate_by_arch']
+    assert sorted(a.replace('-', '_') for a in archs) == timm.list_models('gfnet*')  # the seven, as timm names them
 
 
 @pytest.mark.parametrize('model,task', CASES)
 def test_every_value_is_the_authors(model, task):
-    values = yaml.safe_load(generate_recipe(model, task))  # as train.py reads --config
+    values = recipe_values(model, task)
     expected = expected_recipe(model, task)
     assert values == expected
     assert {k: type(v) for k, v in values.items()} == {k: type(v) for k, v in expected.items()}
-    assert values == recipe_values(model, task)
 
 
 @pytest.mark.parametrize('task', TASKS)
@@ -143,6 +147,9 @@ def test_keys_are_train_py_options(model, task):
     commented = re.findall(r'^# ([a-z][a-z_]*): \S.*  # ', text, flags=re.M)
     assert set(commented) <= _train_py_dests()  # what the user is asked to fill in is an option too
     assert 'lr' not in yaml.safe_load(text)  # a set lr would override the lr_base rule
+    settings = [line for line in text.splitlines() if line and not line.startswith('#')]
+    assert len(settings) == len(yaml.safe_load(text))  # a line per value, each with its source beside it
+    assert all(re.fullmatch(r'[a-z_]+: \S.*  # \S.*', line) for line in settings), settings
 
 
 def test_option_list_holds_the_names_with_subtleties():
@@ -163,7 +170,6 @@ def test_train_py_learning_rate_is_the_authors_rule(model, task, world_size, bat
     a = authors(model, task)
     authors_lr = a['lr'] * cfg['batch_size'] * world_size / 512  # main_gfnet*.py: linear_scaled_lr
     assert train_py_lr(cfg, world_size) == pytest.approx(authors_lr, rel=1e-12)
-    assert recipes.authors_lr(a['lr'], cfg['batch_size'], world_size) == pytest.approx(authors_lr, rel=1e-12)
     # the trap the recipe avoids: AdamW with only lr_base set scales by sqrt(global batch / 256), which agrees with
     # the authors' rule at a global batch of 1024 only
     naive = {k: v for k, v in cfg.items() if k not in ('lr_base_size', 'lr_base_scale')}

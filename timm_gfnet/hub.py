@@ -1,11 +1,11 @@
 """Publishing GFNet weights on the Hugging Face Hub, for anyone to load with plain timm (`hf-hub:` / `local-dir:`) or
 with transformers (`AutoModelForImageClassification`, whose `TimmWrapper` calls timm).
 
-A pushed repository holds what both read, and nothing unsafe: `config.json` (architecture, num_classes, the
-pretrained cfg and architecture changes as `model_args`, written by timm's `save_for_hf`), `model.safetensors` (no
-pickle files) and the model card as `README.md` (`cards.generate_card`). The upload is a single commit through
-huggingface_hub (`HfApi.upload_folder`), which shows its own progress bars. Hub failures become `HubError`s with a
-one-line message that names the problem and the fix.
+A pushed repository holds what both read, and nothing unsafe: `config.json` (architecture, num_classes, the model's
+own class names, the pretrained cfg and architecture changes as `model_args`, written by timm's `save_for_hf`),
+`model.safetensors` (no pickle files) and the model card as `README.md` (`cards.generate_card`). The upload is a
+single commit through huggingface_hub (`HfApi.upload_folder`), which shows its own progress bars. Hub failures become
+`HubError`s with one line that names the problem and the fix.
 """
 import json
 from pathlib import Path
@@ -15,15 +15,23 @@ from typing import Any, Dict, Optional, Union
 import timm
 import torch
 import torch.nn as nn
-from timm.data import infer_imagenet_subset
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError
+from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.models import save_for_hf
 
+from . import __version__
 from .cards import generate_card
-from .checkpoint import load_model
+from .checkpoint import load_model, weights_digest
 
-__all__ = ['HUB_FILES', 'HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
+__all__ = ['HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
 
-HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
+# the fix for what the Hub answered, by status
+_FIXES = {
+    401: 'pass a token with write access (--token or HF_TOKEN, or `hf auth login`)',
+    403: 'use a token with write access to {owner!r}, or push to a namespace you own',
+    404: 'check REPO_ID and --revision, or leave out --no-create to create them',
+}
 
 
 class HubError(RuntimeError):
@@ -31,14 +39,17 @@ class HubError(RuntimeError):
 
 
 def _label_config(model: nn.Module) -> Dict[str, Any]:
-    """Class names for config.json: the source's own for its head. None for an ImageNet-1k head: timm and
-    transformers both infer ImageNet-1k from 1000 classes, and transformers then labels with the class
-    descriptions ('tabby, tabby cat'), where stored synsets would make its labels 'n02123045'."""
+    """The model's class names for config.json, where transformers reads them. None for ImageNet's synsets: both
+    timm and transformers infer those from the class count, and transformers then labels with the descriptions
+    ('tabby, tabby cat'), where stored synsets would make its labels 'n02123045'."""
     cfg = model.pretrained_cfg
-    if cfg.get('label_names') and cfg.get('num_classes') == model.num_classes \
-            and infer_imagenet_subset(model) != 'imagenet-1k':
-        return {k: cfg[k] for k in ('label_names', 'label_descriptions') if cfg.get(k)}
-    return {}
+    names = cfg.get('label_names')
+    if not names or len(names) != model.num_classes:
+        return {}
+    subset = infer_imagenet_subset(model)
+    if subset and list(names) == ImageNetInfo(subset).label_names():
+        return {}
+    return {k: cfg[k] for k in ('label_names', 'label_descriptions') if cfg.get(k)}
 
 
 def _architecture_args(model: nn.Module) -> Dict[str, Any]:
@@ -60,11 +71,21 @@ def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
     config_file = out_dir / 'config.json'
     config = json.loads(config_file.read_text())
     config.pop('model_args', None)
+    # the digest vouches for the tensors it was taken of, not for a file anyone can edit (and timm's PretrainedCfg
+    # has no such field)
+    config['pretrained_cfg'].pop('weights_digest', None)
     args = _architecture_args(model)
     if args:
         config['model_args'] = args
     config_file.write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _authors_weights(model: nn.Module) -> bool:
+    """The model holds the authors' released tensors, unchanged: the digest recorded when they were loaded from the
+    registered download (`pretrained_cfg['weights_digest']`) is that of its weights now."""
+    digest = model.pretrained_cfg.get('weights_digest')
+    return digest is not None and digest == weights_digest(model.state_dict())
 
 
 def export_for_hub(
@@ -73,76 +94,22 @@ def export_for_hub(
         repo_id: Optional[str] = None,
         card: Optional[Union[str, Path]] = None,
 ) -> Path:
-    """Write `HUB_FILES` for `model` to `out_dir`: what `push_to_hub` uploads and `local-dir:` loads.
+    """Write `config.json`, `model.safetensors` and `README.md` for `model` to `out_dir`: what `push_to_hub` uploads
+    and `local-dir:` loads.
 
-    The card is generated for the model's `architecture.tag` (snippets loading `hf-hub:<repo_id>` when given),
-    unless `card` names a README to use instead.
+    The card is generated for the model's `architecture.tag` (snippets loading `hf-hub:<repo_id>` when given), with
+    the authors' published results only for their own weights; `card` names a README to use instead.
     """
     out_dir = save_for_hub(model, out_dir)
     if card is not None:
         text = Path(card).read_text(encoding='utf-8')
     else:
-        config = json.loads((out_dir / 'config.json').read_text())
-        tag = config['pretrained_cfg'].get('tag')
-        name = f"{config['architecture']}.{tag}" if tag else config['architecture']
-        model_args = dict(config.get('model_args', {}), num_classes=config['num_classes'])
-        text = str(generate_card(name, repo_id=repo_id, model_args=model_args))
+        cfg = model.pretrained_cfg
+        name = '.'.join(filter(None, (cfg['architecture'], cfg.get('tag'))))
+        model_args = dict(_architecture_args(model), num_classes=model.num_classes)
+        text = str(generate_card(name, repo_id=repo_id, model_args=model_args, authors_weights=_authors_weights(model)))
     (out_dir / 'README.md').write_text(text, encoding='utf-8')
     return out_dir
-
-
-def _one_line(text: str) -> str:
-    return ' '.join(str(text).split())
-
-
-def _is_network_error(e: BaseException) -> bool:
-    # huggingface_hub 1.x+ raises httpx(2) transport errors, 0.x requests' ConnectionError: match them by class
-    # name rather than importing the HTTP library of one particular version
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {'TransportError', 'ConnectionError', 'TimeoutException', 'Timeout'})
-
-
-def _hub_error(
-        e: BaseException,
-        repo_id: str,
-        endpoint: str,
-        has_token: bool,
-        create: bool,
-        revision: Optional[str],
-) -> Optional[HubError]:
-    """The one-line HubError for a failure talking to the Hub, or None for errors of other kinds."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RevisionNotFoundError
-
-    if isinstance(e, OfflineModeIsEnabled):
-        return HubError('offline mode is on (HF_HUB_OFFLINE), so nothing can be pushed; unset HF_HUB_OFFLINE.')
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        status = e.response.status_code
-        said = _one_line(e.server_message or e.response.reason_phrase or '')
-        said = f': {said}' if said else ''
-        if status == 401 and not has_token:
-            return HubError(f'the Hub at {endpoint} needs a token to push (401 Unauthorized{said}); pass --token, '
-                            f'set HF_TOKEN, or log in with `hf auth login`.')
-        if status == 401:
-            return HubError(f'the Hub at {endpoint} rejected the token (401 Unauthorized{said}); pass a valid token '
-                            f'with write access (--token or HF_TOKEN, or `hf auth login`).')
-        if status == 403:
-            return HubError(f'the token may not write to {repo_id} (403 Forbidden{said}); use a token with write '
-                            f'access to {repo_id.split("/")[0]!r}, or push to a namespace you own.')
-        if isinstance(e, RevisionNotFoundError):
-            return HubError(f'branch {revision!r} does not exist in {repo_id} (404); push to an existing branch, '
-                            f'or leave out --no-create to create it.')
-        if status == 404:
-            fix = 'check REPO_ID, or leave out --no-create to create it' if not create else \
-                'check REPO_ID and that the token may see it'
-            return HubError(f'repository {repo_id} not found on {endpoint} (404{said}); {fix}.')
-        return HubError(f'the Hub at {endpoint} answered {status}{said} ({e.request.method} {e.request.url}).')
-    if _is_network_error(e):
-        reason = _one_line(str(e)) or type(e).__name__
-        return HubError(f'cannot reach the Hub at {endpoint} ({reason}); check the network connection, proxy '
-                        f'settings or HF_ENDPOINT.')
-    if isinstance(e, ValueError):  # e.g. the Hub refused the card's metadata, or an invalid repo id
-        return HubError(_one_line(str(e)))
-    return None
 
 
 def push_to_hub(
@@ -160,10 +127,8 @@ def push_to_hub(
     The repository (and the `revision` branch) are created when missing, unless `create=False`, which only pushes
     to an existing one. `private` applies to a new repository. Returns huggingface_hub's `CommitInfo`.
     """
-    from huggingface_hub import HfApi, get_token
-
-    from . import __version__
-
+    if constants.HF_HUB_OFFLINE:
+        raise HubError('HF_HUB_OFFLINE is set, so nothing can be pushed; unset HF_HUB_OFFLINE.')
     # local input is checked first (a bad file creates no repository), the Hub is asked before the export work
     if card is not None and not Path(card).is_file():
         raise FileNotFoundError(f'No model card file at {card}.')
@@ -178,16 +143,23 @@ def push_to_hub(
             api.repo_info(repo_id, revision=revision)
         with TemporaryDirectory() as tmp:
             export_for_hub(model, tmp, repo_id=repo_id, card=card)
-            name = json.loads((Path(tmp) / 'config.json').read_text())['architecture']
             return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                revision=revision,
-                allow_patterns=list(HUB_FILES),
-                commit_message=commit_message or f'Add {name} weights (timm-gfnet {__version__})',
+                repo_id=repo_id, folder_path=tmp, revision=revision,
+                commit_message=commit_message or f'Add {model.pretrained_cfg["architecture"]} weights '
+                                                 f'(timm-gfnet {__version__})',
             )
-    except Exception as e:
-        error = _hub_error(e, repo_id, api.endpoint, bool(token or get_token()), create, revision)
-        if error is None:
+    except HfHubHTTPError as e:  # one line with what the Hub said, where huggingface_hub's message has several
+        if e.response is None:
             raise
-        raise error from None
+        status = e.response.status_code
+        said = ' '.join(str(e.server_message or e.response.reason_phrase).split())
+        fix = _FIXES.get(status, 'try again later' if status >= 500 else 'correct what the Hub names')
+        fix = fix.format(owner=repo_id.split('/')[0])
+        raise HubError(f'the Hub at {api.endpoint} refused the push to {repo_id} ({status}: {said}); {fix}.') from None
+    except Exception as e:
+        # huggingface_hub 0.x raises requests' ConnectionError, 1.x+ httpx's TransportError: matched by name, not by
+        # importing the HTTP library of one version
+        if not {c.__name__ for c in type(e).__mro__} & {'ConnectionError', 'TransportError', 'Timeout'}:
+            raise
+        raise HubError(f'cannot reach the Hub at {api.endpoint} ({str(e) or type(e).__name__}); check the network, '
+                       f'proxy settings or HF_ENDPOINT.') from None
