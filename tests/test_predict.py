@@ -32,9 +32,9 @@ def _inputs(model: torch.nn.Module) -> list:
     return seen
 
 
-def _expected(model: torch.nn.Module, image: Image.Image, topk: int) -> list:
-    """Top-k of the model on timm's own eval transform of `image`, labelled by the caller."""
-    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+def _expected(model: torch.nn.Module, image: Image.Image, topk: int, **args) -> list:
+    """Top-k (index, probability) of the model on timm's own eval transform of `image` (`args` override its cfg)."""
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model, args=args))
     with torch.no_grad():
         top = model(transform(image)[None]).softmax(-1)[0].topk(topk)
     return [(int(i), float(p)) for p, i in zip(top.values, top.indices)]
@@ -143,3 +143,13 @@ def test_images_of_any_bit_depth(tmp_path):
     for name in ('cut.png', 'text.png'):
         with pytest.raises(ValueError, match=rf'^{tmp_path / name}: cannot read the image \('):
             read_image(tmp_path / name)
+
+
+def test_a_checkpoint_file_is_read_at_its_own_size(tmp_path, capsys):
+    """A state_dict of gfnet_ti trained at 96x96 with 10 classes (no config beside it): the images go in at 96."""
+    model = timm.create_model('gfnet_ti', img_size=96, num_classes=10).eval()
+    torch.save(model.state_dict(), tmp_path / 'ti96.pth')
+    image = _image(tmp_path / 'a.png')
+    assert main(['predict', str(image), '--checkpoint', str(tmp_path / 'ti96.pth'), '--topk', '2']) == 0
+    at_96 = _expected(model, Image.open(image).convert('RGB'), 2, input_size=(3, 96, 96))
+    assert capsys.readouterr().out.splitlines()[1:] == [f'  {p:7.2%}  class {i}' for i, p in at_96]
