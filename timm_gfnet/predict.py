@@ -13,7 +13,7 @@ from timm.data import (
     resolve_model_data_config,
 )
 
-__all__ = ['class_labels', 'predict', 'read_image']
+__all__ = ['predict', 'read_image']
 
 # Pillow's modes for more than 8 bits per pixel: 16-bit integers, 32-bit integers (what it makes of 16-bit PNGs in
 # some releases), 32-bit floats. convert('RGB') would clip them to 255 (a white image) instead of scaling them.
@@ -54,7 +54,7 @@ def _to_8_bit(img: Image.Image, path: Union[str, Path]) -> Image.Image:
     return Image.fromarray(np.round(a * scale).astype(np.uint8), 'L')
 
 
-def class_labels(model: torch.nn.Module) -> Callable[[int], str]:
+def _class_labels(model: torch.nn.Module) -> Callable[[int], str]:
     """Class index -> label, as timm's inference script picks them: the labels the model carries (`label_names` /
     `label_descriptions` of its pretrained_cfg, as `save_for_hf` writes them), else ImageNet's for an ImageNet-sized
     head with none, else 'class i'."""
@@ -81,7 +81,7 @@ def predict(
         raise ValueError(f'The model takes {model.in_chans}-channel input; images are read as 1 (L), 3 (RGB) or 4 '
                          f'(RGBA) channels: pass it tensors of shape (N, {model.in_chans}, H, W) yourself.')
     transform = create_transform(**resolve_model_data_config(model))
-    mode, label = _MODES[model.in_chans], class_labels(model)
+    mode, label = _MODES[model.in_chans], _class_labels(model)
     for start in range(0, len(images), batch_size):
         batch = torch.stack([transform(read_image(p, mode)) for p in images[start:start + batch_size]])
         top = model(batch).softmax(dim=-1).topk(min(topk, model.num_classes), dim=-1)
