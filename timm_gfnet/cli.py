@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     def command(name: str, func: Callable, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, parents=list(parents))
+        p = sub.add_parser(name, help=help, description=help, parents=list(parents))
         p.set_defaults(func=func)
         return p
 
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--img-size', type=_POSITIVE,
                    help="export at this input size: filters and pos_embed resampled (default: the weights' own)")
     p.add_argument('--opset', type=_POSITIVE, help="ONNX opset, 18 or newer (default: the exporter's)")
-    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime and OpenVINO comparisons')
     p.add_argument('--tolerance', type=_FLOAT, default=1e-4, help='max abs difference allowed (default: 1e-4)')
 
     p = command('bench', _bench,
