@@ -205,6 +205,35 @@ def _bench(args: argparse.Namespace) -> None:
         print(f'results: {args.json}')
 
 
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `timm-gfnet bench` (run_bench's arguments)."""
+    p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
+    p.add_argument('--suite', nargs='+', choices=('resolution', 'backends', 'runtimes', 'all'),
+                   help='what to measure (default: resolution)')
+    p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
+    p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
+                   help='resolution suite: filter backends to time besides ours (auto) and the reference (fft)')
+    runtimes = ('eager', 'compile', 'onnxruntime', 'openvino')
+    p.add_argument('--runtimes', nargs='+', default=list(runtimes), choices=runtimes,
+                   help='runtimes suite: the paths to run (default: all)')
+    p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
+                   help='timm models to compare with (default: deit_small_patch16_224)')
+    p.add_argument('--sizes', nargs='+', type=_SIDE, help='input sizes, multiples of 32 (default: 224 ... 2048)')
+    p.add_argument('--batch-size', type=_POSITIVE,
+                   help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
+    p.add_argument('--repeats', type=_POSITIVE, help='interleaved repeats per measurement (default: 5)')
+    p.add_argument('--train-max-size', type=_WHOLE, help='largest size with a training step, 0 for none (default: 512)')
+    p.add_argument('--variants', nargs='+', help='backends suite: variants (default: all)')
+    p.add_argument('--variant-sizes', nargs='+', type=_SIDE, default=[224, 512, 1024], help='backends suite: sizes')
+    p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
+    p.add_argument('--max-call-seconds', type=_FLOAT, default=120.,
+                   help='a model slower than this per call is timed once (default: 120)')
+    p.add_argument('--plot', default='gfnet_bench.png',
+                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
+    p.add_argument('--json', help='also write the measurements to this JSON file')
+    p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
+
+
 def _viz(args: argparse.Namespace) -> None:
     from .viz import plot_filters
 
@@ -302,33 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime and OpenVINO comparisons')
     p.add_argument('--tolerance', type=_FLOAT, default=1e-4, help='max abs difference allowed (default: 1e-4)')
 
-    p = command('bench', _bench,
-                'speed and memory against the reference and timm ViTs, and every way to run it (runtimes)')
-    p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
-    p.add_argument('--suite', nargs='+', choices=('resolution', 'backends', 'runtimes', 'all'),
-                   help='what to measure (default: resolution)')
-    p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
-    p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
-                   help='resolution suite: filter backends to time besides ours (auto) and the reference (fft)')
-    runtimes = ('eager', 'compile', 'onnxruntime', 'openvino')
-    p.add_argument('--runtimes', nargs='+', default=list(runtimes), choices=runtimes,
-                   help='runtimes suite: the paths to run (default: all)')
-    p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
-                   help='timm models to compare with (default: deit_small_patch16_224)')
-    p.add_argument('--sizes', nargs='+', type=_SIDE, help='input sizes, multiples of 32 (default: 224 ... 2048)')
-    p.add_argument('--batch-size', type=_POSITIVE,
-                   help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
-    p.add_argument('--repeats', type=_POSITIVE, help='interleaved repeats per measurement (default: 5)')
-    p.add_argument('--train-max-size', type=_WHOLE, help='largest size with a training step, 0 for none (default: 512)')
-    p.add_argument('--variants', nargs='+', help='backends suite: variants (default: all)')
-    p.add_argument('--variant-sizes', nargs='+', type=_SIDE, default=[224, 512, 1024], help='backends suite: sizes')
-    p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
-    p.add_argument('--max-call-seconds', type=_FLOAT, default=120.,
-                   help='a model slower than this per call is timed once (default: 120)')
-    p.add_argument('--plot', default='gfnet_bench.png',
-                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
-    p.add_argument('--json', help='also write the measurements to this JSON file')
-    p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
+    p = command('bench', _bench, 'speed and memory against the reference and timm ViTs, and every way to run it')
+    _add_bench_arguments(p)  # beside _bench
 
     p = command('viz', _viz, 'picture of the learned filters (magnitude spectra per layer)', written)
     p.add_argument('--channels', type=_POSITIVE, help='show this many single channels per layer')
