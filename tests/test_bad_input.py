@@ -6,8 +6,6 @@ the command line through the installed `timm-gfnet` script. Network faults are i
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -347,45 +345,3 @@ def test_pickle_that_would_run_code_does_not(tmp_path, weights, fmt):
             f'Re-save its weights with torch.save(model.state_dict()) or as safetensors.')
     pickle.loads(pickle.dumps(_RunsCode(marker)))  # proof that the payload is live
     assert marker.exists()
-
-
-# ---- command line
-
-def _script(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name('timm-gfnet')
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
-
-
-def test_cli_bad_arguments_exit_2_with_usage():
-    """The installed console script: an argparse error is a usage line and one error line, exit status 2."""
-    proc = _script('nonsense')
-    assert proc.returncode == 2 and proc.stdout == ''
-    lines = proc.stderr.strip().splitlines()
-    assert lines[0].startswith('usage: timm-gfnet') and 'Traceback' not in proc.stderr
-    assert lines[-1].startswith("timm-gfnet: error: argument COMMAND: invalid choice: 'nonsense'"), proc.stderr
-
-
-def test_cli_every_command_rejects_unknown_flags(capsys):
-    from timm_gfnet.cli import build_parser, main
-    commands = list(build_parser()._subparsers._group_actions[0].choices)
-    assert 'models' in commands
-    for cmd in [[]] + [[c, '--no-such-flag'] for c in commands]:
-        with pytest.raises(SystemExit) as e:
-            main(cmd)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and 'Traceback' not in err
-        assert err.strip().splitlines()[-1].startswith('timm-gfnet'), (cmd, err)
-        assert ': error: ' in err.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize('exc', [ValueError, FileNotFoundError, RuntimeError, OSError, CheckpointError])
-def test_cli_runtime_errors_are_one_line(monkeypatch, capsys, exc):
-    import timm_gfnet.cli as cli
-
-    def fail(args):
-        raise exc('it went wrong: here is how to fix it')
-
-    monkeypatch.setattr(cli, '_models', fail)
-    assert cli.main(['models']) == 1
-    captured = capsys.readouterr()
-    assert captured.err == 'timm-gfnet models: error: it went wrong: here is how to fix it\n'

@@ -1,7 +1,14 @@
-"""`timm-gfnet convert / predict`, run as users run them (`models`: test_models_table.py)."""
+"""The `timm-gfnet` command line, run as users run it: the installed script or `timm_gfnet.cli.main([...])`.
+Here: parsing and its errors, convert, predict, push's load command, all-or-nothing outputs. Each command's own
+behaviour is also tested beside its module: test_predict, test_onnx_export, test_viz, test_hub, test_cards,
+test_recipes, test_bench, test_models_table."""
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +17,17 @@ import torch
 from PIL import Image
 
 from reference import write_authors_checkpoint
+from timm_gfnet import cli
+from timm_gfnet.checkpoint import CheckpointError
+from timm_gfnet.cli import build_parser, main
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'timm_gfnet.cli', *args], capture_output=True, text=True)
+    """`timm-gfnet ARGS` in this process (a fresh interpreter per call would double the time)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope='module')
@@ -75,3 +89,114 @@ def test_predict(converted, tmp_path):
     info = timm.data.ImageNetInfo()
     for line, p, i in zip(lines[1:4], top.values, top.indices):
         assert line.split(maxsplit=1) == [f'{p.item():.2%}', info.index_to_description(int(i))]
+
+
+# ---- parsing: argparse's own one-line errors, before any work starts
+
+def test_bad_arguments_exit_2_with_usage():
+    """The installed console script: an argparse error is a usage line and one error line, exit status 2."""
+    proc = subprocess.run([str(Path(sys.executable).with_name('timm-gfnet')), 'nonsense'], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ''
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith('usage: timm-gfnet') and 'Traceback' not in proc.stderr
+    assert lines[-1].startswith("timm-gfnet: error: argument COMMAND: invalid choice: 'nonsense'"), proc.stderr
+
+
+def test_every_command_rejects_unknown_flags(capsys):
+    commands = list(build_parser()._subparsers._group_actions[0].choices)
+    assert len(commands) == 9
+    for cmd in [[]] + [[c, '--no-such-flag'] for c in commands]:
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and 'Traceback' not in err
+        assert err.strip().splitlines()[-1].startswith('timm-gfnet'), (cmd, err)
+        assert ': error: ' in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('argv,says', [
+    (['predict', 'a.png', '--topk', '-1'], 'argument --topk: -1 is not a positive number'),
+    (['predict', 'a.png', '--topk', 'five'], "argument --topk: invalid int value: 'five'"),
+    (['predict', 'a.png', '--batch-size', '0'], 'argument --batch-size: 0 is not a positive number'),
+    (['export-onnx', '--model', 'gfnet_ti', '--out', 'm.onnx', '--img-size', '0'],
+     'argument --img-size: 0 is not a positive number'),
+    (['export-onnx', '--model', 'gfnet_ti', '--out', 'm.onnx', '--tolerance', 'tiny'],
+     "argument --tolerance: invalid float value: 'tiny'"),
+    (['export-onnx', '--model', 'gfnet_ti'], 'the following arguments are required: --out'),
+    (['bench', '--batch-size', '0'], 'argument --batch-size: 0 is not a positive number'),
+    (['bench', '--repeats', '2.5'], "argument --repeats: invalid int value: '2.5'"),
+    (['bench', '--sizes', '0'], 'argument --sizes: 0 is not a positive multiple of 32 (the largest stride of the '
+                                'models)'),
+    (['bench', '--sizes', '100'], 'argument --sizes: 100 is not a positive multiple of 32 (the largest stride of the '
+                                  'models)'),
+    (['bench', '--train-max-size', '-1'], 'argument --train-max-size: -1 is not a whole number >= 0'),
+    (['bench', '--max-call-seconds', '-1'], 'argument --max-call-seconds: -1 is not a number >= 0'),
+    (['viz', '--model', 'gfnet_ti', '--out', 'x.png', '--channels', '0'],
+     'argument --channels: 0 is not a positive number'),
+])
+def test_numbers_are_checked_at_parse_time(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(says)
+
+
+@pytest.mark.parametrize('exc', [ValueError, FileNotFoundError, RuntimeError, OSError, CheckpointError])
+def test_runtime_errors_are_one_line(monkeypatch, capsys, exc):
+    def fail(args):
+        raise exc('it went wrong: here is how to fix it')
+
+    monkeypatch.setattr(cli, '_models', fail)
+    assert main(['models']) == 1
+    assert capsys.readouterr().err == 'timm-gfnet models: error: it went wrong: here is how to fix it\n'
+
+
+# ---- outputs: exactly where they say, folders and files not mistaken for each other
+
+def test_every_file_output_is_exactly_where_it_says(tmp_path, capsys):
+    assert main(['viz', '--model', 'gfnet_ti', '--out', str(tmp_path / 'noext')]) == 0
+    assert f'wrote {tmp_path / "noext"}:' in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['noext']
+    assert (tmp_path / 'noext').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert main(['recipe', 'gfnet_ti', '--out', str(tmp_path / 'r.yaml')]) == 0
+    assert main(['cards', 'gfnet_ti.in1k', '--out', str(tmp_path / 'cards')]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['cards', 'noext', 'r.yaml']
+    assert [p.name for p in (tmp_path / 'cards').iterdir()] == ['gfnet_ti.in1k.md']
+
+
+def test_a_folder_where_a_file_goes(tmp_path, capsys):
+    """`recipe --out DIR`: the folder is named, not the temporary file written beside it."""
+    (tmp_path / 'recipes').mkdir()
+    assert main(['recipe', 'gfnet_ti', '--out', str(tmp_path / 'recipes')]) == 1
+    assert capsys.readouterr().err == (
+        f'timm-gfnet recipe: error: {tmp_path / "recipes"} is a folder; pass the path of a file to write (e.g. '
+        f'{tmp_path / "recipes" / "NAME"}).\n')
+    assert [p.name for p in tmp_path.iterdir()] == ['recipes'] and not any((tmp_path / 'recipes').iterdir())
+
+
+# ---- push: the printed load command loads what was pushed
+
+def test_push_to_a_branch_prints_the_command_that_loads_it(tmp_path):
+    """`push --revision dev` to a new repository (main gets no weights): the printed line names `@dev`, and running
+    it in plain timm loads the pushed weights."""
+    from hub_server import HubServer
+
+    model = timm.create_model('gfnet_ti', depth=1, embed_dim=32, img_size=64, num_classes=3).eval()
+    timm.models.save_for_hf(model, tmp_path / 'tiny')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGING', 'TIMM_'))}
+    with HubServer({'hf_alice': 'alice'}) as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_XET='1')
+        proc = subprocess.run([sys.executable, '-m', 'timm_gfnet.cli', 'push', str(tmp_path / 'tiny'),
+                               'alice/tiny', '--revision', 'dev', '--token', 'hf_alice'],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        line = proc.stdout.splitlines()[-1]
+        assert line == "load it with timm.create_model('hf-hub:alice/tiny@dev', pretrained=True)"
+        assert 'model.safetensors' not in hub.files('alice/tiny', 'main')
+        code = (f"import timm, torch\nm = {line.split(' with ', 1)[1]}\n"
+                f"print(float(m.eval()(torch.ones(1, 3, 64, 64)).sum()))")
+        loaded = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    with torch.no_grad():
+        assert float(loaded.stdout) == pytest.approx(float(model(torch.ones(1, 3, 64, 64)).sum()), abs=1e-5)

@@ -23,3 +23,11 @@ def test_viz_cli(tmp_path, capsys):
     assert len(spectra) == 12 and spectra[0][0] == 'blocks.0.filter' and spectra[0][1].shape == (1, 14, 14)
     with pytest.raises(ValueError, match='no GlobalFilter layers'):
         filter_spectra(torch.nn.Linear(2, 2))
+
+
+def test_channels_are_checked_against_the_model(tmp_path, capsys):
+    assert main(['viz', '--model', 'gfnet_ti', '--out', str(tmp_path / 'v.png'), '--channels', '999']) == 1
+    assert capsys.readouterr().err == (
+        'timm-gfnet viz: error: channels=999: the narrowest filter layer has 256 channels; pass 1 to 256, or leave '
+        'it out for the mean over channels.\n')
+    assert not (tmp_path / 'v.png').exists()

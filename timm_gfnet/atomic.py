@@ -34,12 +34,22 @@ def _no_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def _folder(path: Path, create: bool = True) -> None:
+    """Make sure `path` can be a folder (and create it): a file there is named, with what to pass instead."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f'{path} is a file; pass a folder to write the files into (new or existing).')
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix, so writers that go by it still do) for the block to write;
     moved over `path` when the block succeeds, deleted when it fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # else os.replace would fail at the end, naming the temporary file
+        raise IsADirectoryError(f'{path} is a folder; pass the path of a file to write (e.g. {path / "NAME"}).')
+    _folder(path.parent)
     tmp = path.with_name(f'.{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}')
     try:
         yield tmp
@@ -55,7 +65,8 @@ def staged_folder(out_dir: Union[str, Path], written: List[Path]) -> Iterator[Pa
     namesake in `out_dir` (created if needed), and `written` receives their final paths. Files of `out_dir` the block
     did not write are left as they are."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _folder(out, create=False)  # made when the block succeeds
+    _folder(out.parent)
     stage = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.partial', dir=out.parent))
     try:
         yield stage

@@ -1,50 +1,27 @@
 """`timm-gfnet` command line. Each subcommand's work lives in the module of its concern; this file only parses."""
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 __all__ = ['main']
 
 
-# argparse types: a bad value is argparse's own one-line usage error, before any work starts
-def _count(text: str) -> int:
-    """A whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text} is not a positive number')
-    return value
+def _number(kind: type, low: float, what: str, step: int = 1) -> Callable[[str], Any]:
+    """An argparse type: a `kind` >= `low` (and a multiple of `step`). Text that is no number gets argparse's own
+    error ("invalid int value: 'five'"), a number out of range one naming it; both before any work starts."""
+    def parse(text: str):
+        value = kind(text)
+        if not value >= low or value % step:
+            raise argparse.ArgumentTypeError(f'{text} is not {what}')
+        return value
+    parse.__name__ = kind.__name__  # the name argparse puts in "invalid int value"
+    return parse
 
 
-def _whole(text: str) -> int:
-    """A whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{text} is negative')
-    return value
-
-
-def _image_side(text: str) -> int:
-    """An image side for the benchmarks: a positive multiple of 32 (patch 16, and the hierarchical stride 32)."""
-    value = _count(text)
-    if value % 32:
-        raise argparse.ArgumentTypeError(f'{value} is not a multiple of 32 (the largest stride of the models)')
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f'{text} is not a positive number')
-    return value
+_POSITIVE = _number(int, 1, 'a positive number')
+_WHOLE = _number(int, 0, 'a whole number >= 0')
+_SIDE = _number(int, 32, 'a positive multiple of 32 (the largest stride of the models)', step=32)
+_FLOAT = _number(float, 0, 'a number >= 0')
 
 
 def _size_of(model) -> str:
@@ -97,11 +74,11 @@ def _predict(args: argparse.Namespace) -> None:
 
     # a checkpoint (its variant named by --model or recognised), else the pretrained weights of --model
     model = load_model(args.checkpoint or args.model or 'gfnet_s', model_name=args.model if args.checkpoint else None)
-    model.eval()
-    for image, top in zip(args.images, predict(model, args.images, topk=args.topk)):
+    for image, top in zip(args.images, predict(model.eval(), args.images, args.topk, args.batch_size)):
         print(image)
         for label, prob in top:
             print(f'  {prob:7.2%}  {label}')
+        sys.stdout.flush()  # each result as its batch is done, into a pipe too
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -110,7 +87,8 @@ def _push(args: argparse.Namespace) -> None:
     info = push_to_hub(args.source, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                        create=not args.no_create, card=args.card)
     print(f'pushed {args.source} to {info.repo_url.repo_id}: {info.commit_url}')
-    print(f"load it with timm.create_model('hf-hub:{info.repo_url.repo_id}', pretrained=True)")
+    at = f'@{args.revision}' if args.revision else ''  # timm's hf-hub:ORG/REPO@REVISION; without it, main
+    print(f"load it with timm.create_model('hf-hub:{info.repo_url.repo_id}{at}', pretrained=True)")
 
 
 def _cards(args: argparse.Namespace) -> None:
@@ -132,7 +110,7 @@ def _recipe(args: argparse.Namespace) -> None:
 
     if args.all or args.check:
         if args.model is not None:
-            raise CliError('pass either MODEL or --all / --check, not both.')
+            raise ValueError(f'pass either MODEL ({args.model}) or --all / --check, not both.')
         out = args.out or 'recipes'
         if args.check:
             problems = check_recipes(out)
@@ -145,7 +123,7 @@ def _recipe(args: argparse.Namespace) -> None:
             print(f'wrote {path}')
         return
     if args.model is None:
-        raise CliError('pass MODEL (e.g. gfnet_xs), or --all to write every recipe.')
+        raise ValueError('pass MODEL (e.g. gfnet_xs), or --all to write every recipe.')
     text = generate_recipe(args.model, args.task)
     if args.out is None:
         sys.stdout.write(text)
@@ -166,20 +144,14 @@ def _export_onnx(args: argparse.Namespace) -> None:
         size = tmp.stat().st_size
         if not args.no_check:
             info = check_onnx(model, tmp)
-            if info['max_abs_diff'] > args.tolerance:
-                raise CliError(f"onnxruntime differs from PyTorch by {info['max_abs_diff']:.1e} (tolerance "
-                               f'{args.tolerance:.0e}), so nothing was written: please report this with the model '
-                               f'name and onnxruntime version.')
+            _within(args.tolerance, info['max_abs_diff'], 'onnxruntime')
             print(f"onnxruntime matches PyTorch: max abs diff {info['max_abs_diff']:.1e} at batch sizes "
                   f"{', '.join(map(str, info['batch_sizes']))}; ops: {' '.join(info['ops'])}")
             ov = check_openvino(model, tmp)
             if ov is None:
                 print("OpenVINO not checked (not installed: pip install 'timm-gfnet[openvino]')")
-            elif ov['f32_max_abs_diff'] > args.tolerance:
-                raise CliError(f"OpenVINO (f32) differs from PyTorch by {ov['f32_max_abs_diff']:.1e} (tolerance "
-                               f'{args.tolerance:.0e}), so nothing was written: please report this with the model '
-                               f'name and OpenVINO version.')
             else:
+                _within(args.tolerance, ov['f32_max_abs_diff'], 'OpenVINO (f32)')
                 default = ov['default_precision']
                 moves = '' if default == 'f32' else (
                     f": logits move by {ov['default_max_abs_diff']:.1e} there, compile with "
@@ -188,6 +160,12 @@ def _export_onnx(args: argparse.Namespace) -> None:
                       f'precision on this CPU is {default}{moves}')
     print(f'wrote {args.out} ({size / 2 ** 20:.1f} MiB): input "input" (batch, {c}, {h}, {w}) float32, '
           f'dynamic batch; output "output"')
+
+
+def _within(tolerance: float, diff: float, runtime: str) -> None:
+    if diff > tolerance:
+        raise RuntimeError(f'{runtime} differs from PyTorch by {diff:.1e} (tolerance {tolerance:.0e}), so nothing was '
+                           f'written: please report this with the model name and {runtime.split()[0]} version.')
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -227,6 +205,35 @@ def _bench(args: argparse.Namespace) -> None:
         print(f'results: {args.json}')
 
 
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `timm-gfnet bench` (run_bench's arguments)."""
+    p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
+    p.add_argument('--suite', nargs='+', choices=('resolution', 'backends', 'runtimes', 'all'),
+                   help='what to measure (default: resolution)')
+    p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
+    p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
+                   help='resolution suite: filter backends to time besides ours (auto) and the reference (fft)')
+    runtimes = ('eager', 'compile', 'onnxruntime', 'openvino')
+    p.add_argument('--runtimes', nargs='+', default=list(runtimes), choices=runtimes,
+                   help='runtimes suite: the paths to run (default: all)')
+    p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
+                   help='timm models to compare with (default: deit_small_patch16_224)')
+    p.add_argument('--sizes', nargs='+', type=_SIDE, help='input sizes, multiples of 32 (default: 224 ... 2048)')
+    p.add_argument('--batch-size', type=_POSITIVE,
+                   help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
+    p.add_argument('--repeats', type=_POSITIVE, help='interleaved repeats per measurement (default: 5)')
+    p.add_argument('--train-max-size', type=_WHOLE, help='largest size with a training step, 0 for none (default: 512)')
+    p.add_argument('--variants', nargs='+', help='backends suite: variants (default: all)')
+    p.add_argument('--variant-sizes', nargs='+', type=_SIDE, default=[224, 512, 1024], help='backends suite: sizes')
+    p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
+    p.add_argument('--max-call-seconds', type=_FLOAT, default=120.,
+                   help='a model slower than this per call is timed once (default: 120)')
+    p.add_argument('--plot', default='gfnet_bench.png',
+                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
+    p.add_argument('--json', help='also write the measurements to this JSON file')
+    p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
+
+
 def _viz(args: argparse.Namespace) -> None:
     from .viz import plot_filters
 
@@ -243,7 +250,9 @@ def _model_from_args(args: argparse.Namespace, img_size: Optional[int] = None):
     from .checkpoint import load_model
 
     if args.checkpoint is None and args.model is None:
-        raise CliError('pass --model NAME or --checkpoint PATH.')
+        raise ValueError('pass --model NAME or --checkpoint PATH.')
+    if args.checkpoint is not None and args.pretrained:
+        raise ValueError(f'pass either --checkpoint ({args.checkpoint}) or --pretrained, not both.')
     if args.model is not None and args.model not in timm.list_models('gfnet*'):
         raise ValueError(f'Unknown model {args.model!r}: pick one of {", ".join(timm.list_models("gfnet*"))}.')
     if args.checkpoint is not None:
@@ -259,121 +268,83 @@ def _model_from_args(args: argparse.Namespace, img_size: Optional[int] = None):
     return model.eval()
 
 
-def _add_model_args(p: argparse.ArgumentParser, out_kind: str) -> None:
-    p.add_argument('--model', default=None, help='model name, e.g. gfnet_s (with --checkpoint: recognised from it)')
-    p.add_argument('--checkpoint', default=None,
-                   help="weights: an authors' .pth, ours, a converted folder, or hf-hub:ORG/REPO (default: random)")
-    p.add_argument('--pretrained', action='store_true', help="use the model's pretrained weights (downloads)")
-    p.add_argument('--out', required=True, help=f'{out_kind} file to write')
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gfnet', description='GFNet models for timm.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
-    p = sub.add_parser('models', help='table of the GFNet zoo (params, GMACs at 224, features, pretrained tags)')
-    p.set_defaults(func=_models)
+    def command(name: str, func: Callable, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=list(parents))
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser('convert', help="convert a checkpoint (authors' or ours) to model.safetensors + config.json")
+    # the arguments several commands share, declared once
+    weights = argparse.ArgumentParser(add_help=False)
+    weights.add_argument('--model', help='model name, e.g. gfnet_s; with --checkpoint the variant it holds '
+                                         '(default: recognised from it)')
+    weights.add_argument('--checkpoint', help="weights: an authors' .pth, ours, a converted folder, or hf-hub:ORG/REPO")
+    written = argparse.ArgumentParser(add_help=False, parents=[weights])
+    written.add_argument('--pretrained', action='store_true', help="the model's pretrained weights (default: random)")
+    written.add_argument('--out', required=True, help='file to write')
+
+    command('models', _models, 'table of the GFNet zoo (params, GMACs at 224, features, pretrained tags)')
+
+    p = command('convert', _convert, "convert a checkpoint (authors' or ours) to model.safetensors + config.json")
     p.add_argument('checkpoint', help="checkpoint file: the authors' .pth release format, or a state_dict")
-    p.add_argument('--model', default=None, help='variant name (default: recognised from the tensor shapes)')
+    p.add_argument('--model', help='variant name (default: recognised from the tensor shapes)')
     p.add_argument('--out', required=True, help='output directory')
-    p.set_defaults(func=_convert)
 
-    p = sub.add_parser('predict', help='top-k ImageNet classes for images')
+    p = command('predict', _predict, "top-k classes for images, by the model's own labels (default: gfnet_s "
+                                     'pretrained)', weights)
     p.add_argument('images', nargs='+', help='image files')
-    p.add_argument('--model', default=None, help='variant name (default: from --checkpoint, else gfnet_s)')
-    p.add_argument('--checkpoint', default=None, help='checkpoint file or converted directory (default: pretrained)')
-    p.add_argument('--topk', type=_count, default=5, help='how many classes to show (default: 5)')
-    p.set_defaults(func=_predict)
+    p.add_argument('--topk', type=_POSITIVE, default=5, help='how many classes to show (default: 5)')
+    p.add_argument('--batch-size', type=_POSITIVE, default=16,
+                   help='images per forward pass; results print as each batch is done (default: 16)')
 
-    p = sub.add_parser('push', help='upload weights, config.json and model card to a Hugging Face Hub repository')
+    p = command('push', _push, 'upload weights, config.json and model card to a Hugging Face Hub repository')
     p.add_argument('source', help='folder from `timm-gfnet convert` (config.json + weights), or a checkpoint file')
     p.add_argument('repo_id', help='Hub repository, e.g. my-org/gfnet_ti.in1k')
-    p.add_argument('--token', default=None, help='Hub token with write access (default: HF_TOKEN or `hf auth login`)')
+    p.add_argument('--token', help='Hub token with write access (default: HF_TOKEN or `hf auth login`)')
     p.add_argument('--private', action='store_true', help='create the repository private')
-    p.add_argument('--revision', default=None, help='branch to push to (default: main)')
+    p.add_argument('--revision', help='branch to push to (default: main)')
     p.add_argument('--no-create', action='store_true', help='only push to an existing repository and branch')
-    p.add_argument('--card', default=None, help='README.md to upload instead of the generated model card')
-    p.set_defaults(func=_push)
+    p.add_argument('--card', help='README.md to upload instead of the generated model card')
 
-    p = sub.add_parser('cards', help='generate the model card of every pretrained tag (or check them for drift)')
+    p = command('cards', _cards, 'generate the model card of every pretrained tag (or check them for drift)')
     p.add_argument('names', nargs='*', metavar='NAME', help='pretrained tags, e.g. gfnet_ti.in1k (default: all)')
     p.add_argument('--out', default='model_cards', help='directory of the cards (default: model_cards)')
     p.add_argument('--check', action='store_true', help='fail if the cards in --out differ from the generator')
-    p.set_defaults(func=_cards)
 
-    p = sub.add_parser('recipe', help="YAML config for timm's train.py: the authors' training recipe of a model")
-    p.add_argument('model', nargs='?', default=None, metavar='MODEL', help='model name, e.g. gfnet_xs')
+    p = command('recipe', _recipe, "YAML config for timm's train.py: the authors' training recipe of a model")
+    p.add_argument('model', nargs='?', metavar='MODEL', help='model name, e.g. gfnet_xs')
     p.add_argument('--task', default='in1k', choices=('in1k', 'in1k-384', 'transfer'),
                    help='in1k: from scratch at 224; in1k-384: fine-tune at 384; transfer: to another dataset '
                         '(default: in1k)')
-    p.add_argument('--out', default=None,
-                   help='file to write (default: stdout); with --all / --check: directory (default: recipes)')
+    p.add_argument('--out', help='file to write (default: stdout); with --all / --check: directory (default: recipes)')
     p.add_argument('--all', action='store_true', help='write the recipe of every model and task to --out')
     p.add_argument('--check', action='store_true', help='fail if the recipes in --out differ from the generator')
-    p.set_defaults(func=_recipe)
 
-    p = sub.add_parser('export-onnx',
-                       help='export a model to ONNX (dynamic batch) and check it with onnxruntime (and OpenVINO)')
-    _add_model_args(p, 'ONNX')
-    p.add_argument('--img-size', type=_count, default=None,
+    p = command('export-onnx', _export_onnx,
+                'export a model to ONNX (dynamic batch) and check it with onnxruntime (and OpenVINO)', written)
+    p.add_argument('--img-size', type=_POSITIVE,
                    help="export at this input size: filters and pos_embed resampled (default: the weights' own)")
-    p.add_argument('--opset', type=_count, default=None, help='ONNX opset (default: the exporter\'s)')
-    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
-    p.add_argument('--tolerance', type=_positive, default=1e-4, help='max abs difference allowed (default: 1e-4)')
-    p.set_defaults(func=_export_onnx)
+    p.add_argument('--opset', type=_POSITIVE, help="ONNX opset, 18 or newer (default: the exporter's)")
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime and OpenVINO comparisons')
+    p.add_argument('--tolerance', type=_FLOAT, default=1e-4, help='max abs difference allowed (default: 1e-4)')
 
-    p = sub.add_parser('bench',
-                       help='speed and memory against the reference and timm ViTs, and every way to run it (runtimes)')
-    p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
-    p.add_argument('--suite', nargs='+', default=None, choices=('resolution', 'backends', 'runtimes', 'all'),
-                   help='what to measure (default: resolution)')
-    p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
-    p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
-                   help='resolution suite: filter backends to time besides ours (auto) and the reference (fft)')
-    p.add_argument('--runtimes', nargs='+', default=['eager', 'compile', 'onnxruntime', 'openvino'],
-                   choices=('eager', 'compile', 'onnxruntime', 'openvino'),
-                   help='runtimes suite: the paths to run (default: all)')
-    p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
-                   help='timm models to compare with (default: deit_small_patch16_224)')
-    p.add_argument('--sizes', nargs='+', type=_image_side, default=None,
-                   help='input sizes, multiples of 32 (default: 224 ... 2048)')
-    p.add_argument('--batch-size', type=_count, default=None,
-                   help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
-    p.add_argument('--repeats', type=_count, default=None, help='interleaved repeats per measurement (default: 5)')
-    p.add_argument('--train-max-size', type=_whole, default=None,
-                   help='largest size with a training step, 0 for none (default: 512)')
-    p.add_argument('--variants', nargs='+', default=None, help='backends suite: variants (default: all)')
-    p.add_argument('--variant-sizes', nargs='+', type=_image_side, default=[224, 512, 1024],
-                   help='backends suite: sizes')
-    p.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
-    p.add_argument('--max-call-seconds', type=_positive, default=120.,
-                   help='a model slower than this per call is timed once (default: 120)')
-    p.add_argument('--plot', default='gfnet_bench.png',
-                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
-    p.add_argument('--json', default=None, help='also write the measurements to this JSON file')
-    p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
-    p.set_defaults(func=_bench)
+    p = command('bench', _bench, 'speed and memory against the reference and timm ViTs, and every way to run it')
+    _add_bench_arguments(p)  # beside _bench
 
-    p = sub.add_parser('viz', help='picture of the learned filters (magnitude spectra per layer)')
-    _add_model_args(p, 'PNG')
-    p.add_argument('--channels', type=_count, default=None, help='show this many single channels per layer')
+    p = command('viz', _viz, 'picture of the learned filters (magnitude spectra per layer)', written)
+    p.add_argument('--channels', type=_POSITIVE, help='show this many single channels per layer')
     p.add_argument('--log', action='store_true', help='log magnitude')
-    p.set_defaults(func=_viz)
-
     return parser
-
-
-class CliError(Exception):
-    """An error to report to the user as one line, without a traceback."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:  # one line: they name the problem and fix
         print(f'timm-gfnet {args.command}: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # outputs are written all or nothing (atomic.py): say so, no traceback

@@ -17,29 +17,31 @@ def _input_size(model: nn.Module) -> tuple:
     return (model.in_chans, *model.patch_embed.img_size)
 
 
-def export_onnx(
-        model: nn.Module,
-        out: Union[str, Path],
-        batch_size: int = 2,
-        dynamic_batch: bool = True,
-        opset: Optional[int] = None,
-) -> Path:
-    """Export `model` (NCHW float32 input named 'input', output 'output') to `out`.
+def export_onnx(model: nn.Module, out: Union[str, Path], opset: Optional[int] = None) -> Path:
+    """Export `model` (NCHW float32 input named 'input', output 'output') to `out`, at `opset` (default: the
+    exporter's) or a ValueError.
 
     The batch axis is dynamic; height and width are the model's input size (`timm.create_model(..., img_size=N)`
     for another one). A model created with dynamic_img_size=True is still exported at that one size: the filter and
     position-embedding resampling is specialised to it.
     """
+    if opset is not None and opset < 18:  # torch's exporter writes 18 up; its conversion down fails on our graph
+        raise ValueError(f'opset {opset}: the ONNX exporter writes opset 18 and newer; pass 18 or newer, or no opset '
+                         f'for its default.')
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = torch.randn(batch_size, *_input_size(model))
+    # an example batch of 2: torch.export would specialise a batch of 1 to a fixed size
+    x = torch.randn(2, *_input_size(model))
     # positional: torch < 2.7 renames a dict of them after input_names and then fails to find 'x'
-    dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=4096)},) if dynamic_batch else None
     with torch.no_grad():
         program = torch.onnx.export(
-            model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
-            input_names=['input'], output_names=['output'], external_data=False, verbose=False)
+            model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=4096)},),
+            opset_version=opset, input_names=['input'], output_names=['output'], external_data=False, verbose=False)
+    written = program.model.opset_imports['']
+    if opset is not None and written != opset:  # torch would only log it
+        raise ValueError(f'opset {opset}: the ONNX exporter could not write it (it made opset {written}); pass '
+                         f'opset {written}, or no opset for its default.')
     program.save(str(out))
     return out
 

@@ -1,13 +1,16 @@
-"""ONNX export: the graph has no FFT ops, the batch is dynamic, and onnxruntime matches PyTorch within 1e-4."""
+"""`timm_gfnet.onnx_export` and `timm-gfnet export-onnx`: the graph has no FFT ops, the batch is dynamic, the opset is
+the one asked for, and onnxruntime and OpenVINO match PyTorch within 1e-4."""
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import timm
 import torch
+from timm.models import save_for_hf
 
-from reference import authors_state_dict, input_batch, write_authors_checkpoint
+from reference import authors_state_dict, write_authors_checkpoint
 from timm_gfnet.cli import main
-from timm_gfnet.onnx_export import check_onnx, export_onnx
+from timm_gfnet.onnx_export import check_openvino, export_onnx
 
 
 def _run(path, x: torch.Tensor) -> np.ndarray:
@@ -24,46 +27,37 @@ def _assert_portable(path) -> None:
     assert batch.dim_param and not batch.dim_value, 'the batch axis must be dynamic'
 
 
-def _cli_export(name: str, tmp_path, capsys):
-    ckpt = write_authors_checkpoint(name, tmp_path / f'{name}.pth')
+# small checkpoints of both families, as timm's save_for_hf writes them: what `--checkpoint` takes
+TINY = {
+    'gfnet_ti': dict(depth=1, embed_dim=32, img_size=64, num_classes=5),
+    'gfnet_h_ti': dict(depth=(1, 1, 1, 1), embed_dim=(8, 16, 24, 32), img_size=64, num_classes=5),
+}
+
+
+@pytest.mark.parametrize('name', list(TINY))
+def test_export_cli(name, tmp_path, capsys):
+    """`export-onnx --checkpoint`: checked in onnxruntime and OpenVINO by the command, then here in onnxruntime at a
+    batch size the command did not use, against the model loaded back by plain timm."""
+    save_for_hf(timm.create_model(name, **TINY[name]), tmp_path / 'ckpt')
     out = tmp_path / f'{name}.onnx'
-    assert main(['export-onnx', '--model', name, '--checkpoint', str(ckpt), '--out', str(out)]) == 0
+    assert main(['export-onnx', '--checkpoint', str(tmp_path / 'ckpt'), '--out', str(out)]) == 0
     printed = capsys.readouterr().out
     assert 'onnxruntime matches PyTorch' in printed and 'OpenVINO matches PyTorch in f32: max abs diff ' in printed
+    assert printed.endswith('input "input" (batch, 3, 64, 64) float32, dynamic batch; output "output"\n')
     _assert_portable(out)
-    # independently of the command's own check: the authors' weights, a batch size not used at export
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt))).eval()
-    x = torch.cat([input_batch(), input_batch().flip(0), input_batch()[:1]])
+    model = timm.create_model(f'local-dir:{tmp_path / "ckpt"}', pretrained=True).eval()
+    x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(_run(out, x), model(x).numpy(), rtol=0, atol=1e-4)
 
 
-def test_export_cli_isotropic(tmp_path, capsys):
-    _cli_export('gfnet_ti', tmp_path, capsys)
-
-
-def test_export_cli_hierarchical(tmp_path, capsys):
-    _cli_export('gfnet_h_ti', tmp_path, capsys)
-
-
-def test_export_hierarchical_other_size(tmp_path):
-    """The hierarchical family (one block per stage, the variant's widths) at a size the model was created for."""
-    model = timm.create_model('gfnet_h_ti', depth=(1, 1, 1, 1), img_size=160).eval()
-    path = export_onnx(model, tmp_path / 'h.onnx')
-    _assert_portable(path)
-    info = check_onnx(model, path, batch_sizes=(1, 4))
-    assert info['max_abs_diff'] < 1e-4 and 'DFT' not in info['ops']
-    x = torch.randn(2, 3, 160, 160)
-    with torch.no_grad():
-        np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=0, atol=1e-4)
-
-
+@pytest.mark.slow  # the same resampling is checked in test_resolution / test_loader; the flag in test_kept
 def test_export_cli_img_size_resamples_the_checkpoint(tmp_path, capsys):
     """--img-size: the model is created at that size and the checkpoint's filters and pos_embed resampled on load
     (bicubic, as the authors fine-tune at 384), then exported at that size."""
     ckpt = write_authors_checkpoint('gfnet_ti', tmp_path / 'ti.pth')
     out = tmp_path / 'ti256.onnx'
-    assert main(['export-onnx', '--checkpoint', str(ckpt), '--img-size', '256', '--out', str(out)]) == 0
+    assert main(['export-onnx', '--checkpoint', str(ckpt), '--img-size', '256', '--out', str(out), '--no-check']) == 0
     assert 'input "input" (batch, 3, 256, 256)' in capsys.readouterr().out
     assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 256, 256]
     # the reference: resampled here from the raw tensors with the authors' modes, not by our loader
@@ -82,6 +76,22 @@ def test_export_cli_img_size_resamples_the_checkpoint(tmp_path, capsys):
         np.testing.assert_allclose(_run(out, x), model(x).numpy(), rtol=0, atol=1e-4)
 
 
+def test_the_opset_asked_for_or_one_line_error(tmp_path, capsys):
+    """An opset is written as asked (the file says so, and onnxruntime runs it at batch sizes other than the example
+    batch), or refused in one line with nothing written; torch alone would write opset 18 and only log it."""
+    model = timm.create_model('gfnet_ti', **TINY['gfnet_ti']).eval()
+    path = export_onnx(model, tmp_path / 'o21.onnx', opset=21)
+    assert [(o.domain, o.version) for o in onnx.load(str(path)).opset_import if o.domain == ''] == [('', 21)]
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=0, atol=1e-4)
+    assert main(['export-onnx', '--model', 'gfnet_ti', '--opset', '13', '--out', str(tmp_path / 'o13.onnx')]) == 1
+    assert capsys.readouterr().err == ('timm-gfnet export-onnx: error: opset 13: the ONNX exporter writes opset 18 and '
+                                       'newer; pass 18 or newer, or no opset for its default.\n')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['o21.onnx']
+
+
 def test_export_cli_errors(tmp_path, capsys):
     assert main(['export-onnx', '--model', 'gfnet_nope', '--out', str(tmp_path / 'x.onnx')]) == 1
     assert "Unknown model 'gfnet_nope'" in capsys.readouterr().err
@@ -95,10 +105,9 @@ def test_openvino_runs_the_export_and_says_what_its_default_precision_does(tmp_p
     OpenVINO picks on this CPU (what its own property says) and how far that moves the logits."""
     import openvino as ov
 
-    from timm_gfnet.onnx_export import check_openvino
-    model = timm.create_model('gfnet_ti', depth=2).eval()
+    model = timm.create_model('gfnet_ti', **TINY['gfnet_ti']).eval()
     path = export_onnx(model, tmp_path / 'ti.onnx')
-    x = torch.randn(3, 3, 224, 224)
+    x = torch.randn(3, 3, 64, 64)
     compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x.numpy())[0], model(x).numpy(), rtol=0, atol=1e-4)
