@@ -99,6 +99,12 @@ def test_backends_suite():
     assert table[3][5].endswith('x') and table[4][5].endswith('x')
 
 
+def test_a_call_slower_than_max_call_s_is_timed_once():
+    result = run_bench(suites=['backends'], variants=['tiny_bench_gfnet'], variant_sizes=[64], batch_size=1,
+                       **dict(TINY, max_call_s=1e-9))
+    assert all(len(r.infer) == 1 and r.note == 'infer: one call (over 1e-09 s)' for r in result['rows'])
+
+
 def test_deit_suite():
     result = run_bench(suites=['deit'], model_name='tiny_bench_gfnet', baselines=['tiny_bench_vit'],
                        deit_sizes=[(64, 2), (96, 1)], **TINY)

@@ -195,6 +195,7 @@ def _measure(
                     first = timer.timeit(1).mean
                     if first > max_call_s:
                         setattr(by[label], kind, [by[label].batch / first])
+                        by[label].note = f'{kind}: one call (over {max_call_s:g} s)'
                     else:
                         timers[label, kind] = timer
         except Exception as e:  # noqa: BLE001 - one path's failure is its row's note
