@@ -172,10 +172,11 @@ def _measure(
 ) -> List[Row]:
     """Fill `rows` from the fns of their labels. First calls: its peak memory when `models` are given, else its logits
     (compared with those of `agree_with`), then a timed warm-up of each fn (a fn slower than `max_call_s` keeps that
-    as its one sample). Then `repeats` rounds, one images/s sample per fn and round (torch.utils.benchmark's
-    blocked_autorange median): each round starts with the next group, times its rows back to back, inference then
-    training, and swaps their order, so that none always runs right after the same other one. A row that fails its
-    first calls (out of memory, no C++ compiler for inductor) says why in its note; the others go on."""
+    as its one sample). Then `repeats` rounds, one images/s sample per fn and round (torch.utils.benchmark's Timer
+    over as many calls as fill about `sample_s`): each round starts with the next group, times its rows back to
+    back, inference then training, and swaps their order, so that none always runs right after the same other one.
+    A row that fails its first calls (out of memory, no C++ compiler for inductor) says why in its note; the others
+    go on."""
     progress(title)
     by = {r.label: r for r in rows}
     outputs, timers = {}, {}
@@ -197,7 +198,7 @@ def _measure(
                         setattr(by[label], kind, [by[label].batch / first])
                         by[label].note = f'{kind}: one call (over {max_call_s:g} s)'
                     else:
-                        timers[label, kind] = timer
+                        timers[label, kind] = timer, max(1, int(sample_s / first))  # calls per sample
         except Exception as e:  # noqa: BLE001 - one path's failure is its row's note
             msg = f'{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'
             by[label].note = 'out of memory' if 'OutOfMemory' in msg or 'out of memory' in msg else f'skipped: {msg}'
@@ -216,7 +217,8 @@ def _measure(
         for group in groups[i % len(groups):] + groups[:i % len(groups)]:
             for kind in ('infer', 'train'):
                 for label in [lbl for lbl in (group[::-1] if i % 2 else group) if (lbl, kind) in timers]:
-                    seconds = timers[label, kind].blocked_autorange(min_run_time=sample_s).median
+                    timer, number = timers[label, kind]
+                    seconds = timer.timeit(number).mean
                     getattr(by[label], kind).append(by[label].batch / seconds)
     return rows
 
