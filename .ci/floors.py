@@ -1,8 +1,10 @@
 """Print the lowest versions pyproject.toml declares as pip constraints (`name==floor`): what CI installs to test
 the floors, the way a resolver choosing the lowest direct versions would.
 
-Pinned: the runtime dependencies, the `onnx`, `plot` and `openvino` extras, and the clients of the test extra
-(transformers). The test tools themselves (pytest, ruff, ...) are left to the resolver.
+`python .ci/floors.py` pins every floor: the runtime dependencies, the `onnx`, `plot` and `openvino` extras, and the
+clients of the test extra (transformers); the test tools themselves (pytest, ruff, ...) are left to the resolver.
+`python .ci/floors.py torch timm` pins only those (and torchvision for torch): the install a user gets whose timm and
+torch are pinned low while pip takes the newest of everything else.
 """
 import sys
 from pathlib import Path
@@ -33,6 +35,7 @@ def floors(pyproject: Path) -> dict:
 
 if __name__ == '__main__':
     root = Path(__file__).resolve().parents[1]
+    only = set(sys.argv[1:]) | ({'torchvision'} if 'torch' in sys.argv[1:] else set())
     for name, version in floors(root / 'pyproject.toml').items():
-        print(f'{name}=={version}')
-    sys.exit(0)
+        if not only or name in only:
+            print(f'{name}=={version}')

@@ -171,9 +171,8 @@ def _within(tolerance: float, diff: float, runtime: str) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
-    from .bench import FULL, QUICK, SUITES, format_report, plot_resolution, plot_runtimes, run_bench
+    from .bench import FULL, QUICK, SUITES, format_report, plot_bench, run_bench
 
     preset = QUICK if args.quick else FULL
     suites = args.suite or ['resolution']
@@ -189,16 +188,10 @@ def _bench(args: argparse.Namespace) -> None:
         print('command: timm-gfnet ' + ' '.join(sys.argv[1:]))
     print(format_report(result))
     if args.plot:
-        plot = Path(args.plot)
-        # one PNG per suite that has one: the resolution sweep at --plot, the runtimes beside it
-        runtimes_plot = plot.with_name(f'{plot.stem}_runtimes{plot.suffix}')
-        for draw, where in ((plot_resolution, plot), (plot_runtimes, runtimes_plot)):
-            try:
-                if draw(result, str(where)):
-                    print(f'plot: {where}')
-            except ImportError as e:
-                print(f'no plot: {e}')
-                break
+        try:
+            print(f'plot: {plot_bench(result, args.plot)}')
+        except ImportError as e:
+            print(f'no plot: {e}')
     if args.json:
         from .atomic import write_text
         write_text(args.json, json.dumps(dict(result, rows=[asdict(r) for r in result['rows']]), indent=1))
@@ -208,7 +201,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `timm-gfnet bench` (run_bench's arguments)."""
     p.add_argument('--quick', action='store_true', help='small sizes and few repeats: about a minute on 2 CPU cores')
-    p.add_argument('--suite', nargs='+', choices=('resolution', 'backends', 'runtimes', 'all'),
+    p.add_argument('--suite', nargs='+', choices=('resolution', 'backends', 'runtimes', 'deit', 'all'),
                    help='what to measure (default: resolution)')
     p.add_argument('--model', default='gfnet_s', help='GFNet variant (default: gfnet_s)')
     p.add_argument('--backends', nargs='*', default=[], choices=('matmul',),
@@ -217,7 +210,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--runtimes', nargs='+', default=list(runtimes), choices=runtimes,
                    help='runtimes suite: the paths to run (default: all)')
     p.add_argument('--baselines', nargs='*', default=['deit_small_patch16_224'],
-                   help='timm models to compare with (default: deit_small_patch16_224)')
+                   help='resolution and deit suites: timm models to compare with (default: deit_small_patch16_224)')
     p.add_argument('--sizes', nargs='+', type=_SIDE, help='input sizes, multiples of 32 (default: 224 ... 2048)')
     p.add_argument('--batch-size', type=_POSITIVE,
                    help='batch at 224, scaled down with the pixel count at larger sizes (default: 8, quick: 4)')
@@ -229,7 +222,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--max-call-seconds', type=_FLOAT, default=120.,
                    help='a model slower than this per call is timed once (default: 120)')
     p.add_argument('--plot', default='gfnet_bench.png',
-                   help='PNG of the resolution sweep (default: gfnet_bench.png); the runtimes go to NAME_runtimes.png')
+                   help='PNG of every suite that ran (default: gfnet_bench.png)')
     p.add_argument('--json', help='also write the measurements to this JSON file')
     p.add_argument('--no-progress', action='store_true', help='no progress lines on stderr')
 
