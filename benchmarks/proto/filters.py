@@ -192,7 +192,7 @@ def _sep_t_matrices(H: int, W: int, dtype: torch.dtype) -> Tuple[torch.Tensor, .
     return tuple(m.to(dtype).contiguous() for m in (fw, fh, ih4, iw))
 
 
-def filter_sep_t(x: torch.Tensor, weight: torch.Tensor, dtype=None) -> torch.Tensor:
+def filter_sep_t(x: torch.Tensor, weight: torch.Tensor, dtype=None, mats=None) -> torch.Tensor:
     """The separable form with every DFT matrix as the RIGHT operand of a 2-D GEMM (a Linear's weight): the winner
     on larger grids (28 x 28). Channels-first (B C, H, W) columns: Linear along W (real DFT), one permute so that
     (real, imag) x H is last, Linear along H, the product folded into the inverse along H, one permute back, c2r
@@ -200,7 +200,7 @@ def filter_sep_t(x: torch.Tensor, weight: torch.Tensor, dtype=None) -> torch.Ten
     B, H, W, C = x.shape
     wf = W // 2 + 1
     dtype = dtype or x.dtype
-    fw, fh, ih4, iw = _sep_t_matrices(H, W, dtype)
+    fw, fh, ih4, iw = mats if mats is not None else _sep_t_matrices(H, W, dtype)
     xt = x.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).reshape(B * C * H, W)
     z = F.linear(xt, fw).view(B * C, H, 2, wf)
     z = z.permute(0, 3, 2, 1).reshape(B * C * wf, 2 * H)  # (B C wf, [real; imag] x H)

@@ -38,7 +38,8 @@ FULL2D_MAX_TOKENS = 256  # full2d up to 16 x 16 tokens (wins at 14 x 14), the se
 
 
 def forward_fused(
-        model, x: torch.Tensor, mats=None, full2d_max_tokens: int = FULL2D_MAX_TOKENS, large=None) -> torch.Tensor:
+        model, x: torch.Tensor, mats=None, full2d_max_tokens: int = FULL2D_MAX_TOKENS, large=None,
+        sep_mats=None) -> torch.Tensor:
     """forward_contig with filter_full2d_t, plus: the cast to autocast's dtype done by the filter's transposing copy
     (not a separate pass), and norm2 run in bf16 on the filter's bf16 output (torch's CPU LayerNorm takes bf16
     input with float32 weights and computes in float32): fc1 then gets bf16 with no cast. The residual stream stays
@@ -52,7 +53,7 @@ def forward_fused(
         with torch.autocast('cpu', enabled=False):
             if mats is None and H * W > full2d_max_tokens:  # the separable form on larger grids
                 if large is None:
-                    y = filter_sep_t(y, blk.filter.complex_weight, dtype=dt or y.dtype)
+                    y = filter_sep_t(y, blk.filter.complex_weight, dtype=dt or y.dtype, mats=sep_mats)
                 else:
                     y = large(y.to(dt or y.dtype), blk.filter.complex_weight)
             else:

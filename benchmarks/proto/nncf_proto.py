@@ -9,7 +9,7 @@ import time
 import numpy as np
 import timm
 import torch
-from filters import _g4, full2d_matrices
+from filters import _g4, _sep_t_matrices, full2d_matrices
 from model import forward_fused
 
 import timm_gfnet  # noqa: F401
@@ -24,13 +24,18 @@ torch.set_num_threads(1)
 class Proto(torch.nn.Module):
     """The prototype forward with the DFT matrices as buffers: constants in the export (initializers that NNCF sees
     as MatMul weights), not a Cos / Sin subgraph traced from the builder."""
-    def __init__(self, m, grid=(14, 14)):
+    def __init__(self, m, grid=(14, 14), separable=False):
         super().__init__()
         self.m = m
+        self.separable = separable
         self.register_buffer('fwd', full2d_matrices(*grid, torch.float32)[0].clone())
         self.register_buffer('g4', _g4(*grid, torch.float32).clone())
+        for name, t in zip(('fw', 'fh', 'ih4', 'iw'), _sep_t_matrices(*grid, torch.float32)):
+            self.register_buffer(name, t.clone())
 
     def forward(self, x):
+        if self.separable:  # filter_sep_t: four constant right operands per filter
+            return forward_fused(self.m, x, full2d_max_tokens=0, sep_mats=(self.fw, self.fh, self.ih4, self.iw))
         return forward_fused(self.m, x, mats=(self.fwd, self.g4))
 
 
@@ -44,7 +49,9 @@ def main():
     os.makedirs(out, exist_ok=True)
     m = timm.create_model('gfnet_ti').eval()
     m.load_state_dict(checkpoint_filter_fn(authors_state_dict('gfnet_ti'), m))
-    p = Proto(m).eval()
+    separable = os.environ.get('FORM') == 'sep_t'
+    p = Proto(m, separable=separable).eval()
+    print('filter form:', 'sep_t (separable)' if separable else 'full2d')
     imgs = torch.cat([input_batch(), torch.randn(14, 3, 224, 224, generator=torch.Generator().manual_seed(0))])
     with torch.inference_mode():
         ref = m(imgs).numpy()  # main, float32 (fft backend): the authors' formulation
