@@ -65,12 +65,14 @@ def test_default_cfgs_and_head(name):
     model = timm.create_model(name).eval()
     cfg = model.pretrained_cfg
     spatial, feat = get_spatial_dim(model.output_fmt), get_channel_dim(model.output_fmt)
+    grid = (224 // model.feature_info[-1]['reduction'],) * 2
     assert model.output_fmt == 'NHWC'
     x = _input(model)
     with torch.no_grad():
         features = model.forward_features(x)
         pre_logits = model.forward_head(features, pre_logits=True)
         logits = model.forward_head(features)
+    assert (features.shape[spatial[0]], features.shape[spatial[1]]) == grid
     assert cfg['pool_size'] is None  # as ViT's: fastai and others would pool the NHWC map as NCHW
     assert features.shape[feat] == model.num_features
     assert pre_logits.shape == (1, model.head_hidden_size)
