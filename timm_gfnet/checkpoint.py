@@ -29,7 +29,7 @@ import torch.nn as nn
 
 __all__ = [
     'CheckpointError', 'PretrainedUnavailableError', 'read_checkpoint', 'unwrap_state_dict', 'infer_variant',
-    'check_weights', 'load_pretrained', 'load_model', 'weights_digest',
+    'check_weights', 'load_pretrained', 'load_model', 'weights_digest', 'recorded_digest',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ _WEIGHT_KEYS = ('model', 'state_dict', 'model_ema', 'state_dict_ema')
 _ADAPTED = ('head.', 'patch_embed.proj.')
 # what timm's save_for_hf writes (and `convert`), in the order timm prefers them
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+_DIGEST = 'weights_digest: '  # the note that records the authors' released tensors (`recorded_digest`)
 
 Arch = Tuple[Tuple[int, ...], Tuple[int, ...]]
 
@@ -164,6 +166,18 @@ def infer_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
 
 
 def check_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """`_check_weights`, naming the Hub repository the weights came from (`hf-hub:`)."""
+    try:
+        _check_weights(state_dict, model)
+    except CheckpointError as e:
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        if cfg.get('source') != 'hf-hub':
+            raise
+        raise CheckpointError(f'{e} It came from Hub repository {cfg["hf_hub_id"]} (through the huggingface_hub '
+                              f'cache): fix the repository, or load another one.') from None
+
+
+def _check_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
     """One error naming every problem of `state_dict` (in the model's key layout) for `model`: tensors that are not
     floating point or not finite (either would load without a word), the checkpoint of another variant, then every
     missing, unexpected or wrongly shaped key. The classifier, the stem's channels and the token grids may differ:
@@ -214,7 +228,7 @@ def _load_into(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
 def load_pretrained(model: nn.Module, checkpoint_path: str) -> None:
     """timm's `custom_load` for GFNet (`pretrained=True` from a file or the authors' download link): read safely,
     checked, mapped onto the model. A download from the registered link records the digest of the authors' tensors
-    in `pretrained_cfg['weights_digest']`; an error about a download names the cached file and how to clear it."""
+    (`recorded_digest`); an error about a download names the cached file and how to clear it."""
     import timm
     cfg = model.pretrained_cfg
     downloaded = not cfg.get('file')  # else timm fetched cfg['url'] into its cache
@@ -229,14 +243,25 @@ def load_pretrained(model: nn.Module, checkpoint_path: str) -> None:
     registered = timm.models.get_pretrained_cfg(f"{cfg['architecture']}.{cfg['tag']}")
     if downloaded and registered is not None and tuple(cfg['url']) == tuple(registered.url):
         from .gfnet import _authors_to_timm_key
-        cfg['weights_digest'] = weights_digest({_authors_to_timm_key(k): v for k, v in state_dict.items()})
+        digest = weights_digest({_authors_to_timm_key(k): v for k, v in state_dict.items()})
+        # in `notes`, a field of timm's PretrainedCfg: save_for_hf writes it and every timm loader reads it back (a
+        # key of our own would make `local-dir:` / `hf-hub:` loading fail on PretrainedCfg(**cfg))
+        cfg['notes'] = (*(cfg.get('notes') or ()), f'{_DIGEST}{digest}')
+
+
+def recorded_digest(model: nn.Module) -> Optional[str]:
+    """The digest of the authors' released tensors recorded when `model` got them from their registered download
+    (kept by save_for_hf and `local-dir:` / `hf-hub:` loading), else None. Compare with `weights_digest` of the
+    model's current tensors to know they are still the authors' weights."""
+    notes = (getattr(model, 'pretrained_cfg', None) or {}).get('notes') or ()
+    return next((n[len(_DIGEST):] for n in notes if isinstance(n, str) and n.startswith(_DIGEST)), None)
 
 
 def _from_registered_link(name: str, kwargs: Dict[str, Any]) -> nn.Module:
     """`pretrained=True` of a registered name, with one-line errors when its download is unavailable."""
     import huggingface_hub.constants
     import timm
-    from timm.models import get_cache_dir
+    from timm.models._hub import get_cache_dir
 
     url, filename = timm.models.get_pretrained_cfg(name).url
     cached = Path(kwargs.get('cache_dir') or get_cache_dir()) / filename
