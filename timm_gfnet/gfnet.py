@@ -172,6 +172,8 @@ def _set_input_size(model: nn.Module, img_size: Union[int, Tuple[int, int]], sta
     """Resample pos_embed and every filter (bicubic, as at load) to the token grids of `img_size`; all or nothing."""
     pe = model.patch_embed
     size = to_2tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
     grid = pe.dynamic_feat_size(size)
     filters = [(blk.filter, g) for blocks, g in stage_grids(grid) for blk in blocks]
     if min(min(g) for _, g in filters + [(None, grid)]) < 1:
