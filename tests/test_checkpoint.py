@@ -95,7 +95,7 @@ def test_set_input_size_equals_loading_at_that_size(fine_tuned, tmp_path):
     config = json.loads((tmp_path / 'resized' / 'config.json').read_text())
     assert config['model_args'] == {'img_size': [256, 192]} and config['pretrained_cfg']['input_size'] == [3, 256, 192]
     reloaded = timm.create_model(f'local-dir:{tmp_path / "resized"}', pretrained=True).eval()
-    assert timm.data.resolve_model_data_config(reloaded)['input_size'] == (3, 256, 192)
+    assert tuple(timm.data.resolve_model_data_config(reloaded)['input_size']) == (3, 256, 192)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
     # the hierarchical family: every stage's filters follow its own (halved) grid

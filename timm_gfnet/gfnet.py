@@ -29,6 +29,7 @@ from timm.layers import (
     DropPath,
     Mlp,
     PatchEmbed,
+    calculate_drop_path_rates,
     register_notrace_function,
     resample_abs_pos_embed,
     to_2tuple,
@@ -261,7 +262,7 @@ class GFNet(nn.Module):
         self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # cpu: also under meta
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(
                 embed_dim,
@@ -459,7 +460,7 @@ class GFNetPyramid(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim[0], **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         # stochastic depth rises linearly over all blocks of all stages, as the authors do
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depth), device='cpu').split(depth)]
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)  # rising per block, by stage
         grid = self.grid_size
         stages = []
         self.feature_info = []
