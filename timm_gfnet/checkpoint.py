@@ -240,7 +240,7 @@ def load_pretrained(model: nn.Module, checkpoint_path: str) -> None:
             raise
         raise CheckpointError(f'{e} It came from the download cached at {checkpoint_path}: delete that file to '
                               f'fetch it again.') from None
-    registered = timm.models.get_pretrained_cfg(f"{cfg['architecture']}.{cfg['tag']}")
+    registered = timm.models.get_pretrained_cfg(f"{cfg['architecture']}.{cfg['tag']}") if cfg.get('tag') else None
     if downloaded and registered is not None and tuple(cfg['url']) == tuple(registered.url):
         from .gfnet import _authors_to_timm_key
         digest = weights_digest({_authors_to_timm_key(k): v for k, v in state_dict.items()})
