@@ -66,8 +66,10 @@ def test_fine_tuned_at_384_stays_384_everywhere(ft384, tmp_path, capsys):
     model = load_model(ft384).eval()
     assert model.patch_embed.img_size == (384, 384) and model.num_classes == 10 and _equal(model, weights)
     assert timm.data.resolve_model_data_config(model)['input_size'] == (3, 384, 384)
-    same = timm.create_model('gfnet_ti', pretrained=True, pretrained_cfg_overlay=dict(file=str(ft384)))
-    assert _equal(same, weights)  # timm's own pretrained=True takes the same road
+    # timm's own pretrained=True builds what is asked for (timm's rule): asked for the file's size and classes
+    same = timm.create_model('gfnet_ti', pretrained=True, img_size=384, num_classes=10,
+                             pretrained_cfg_overlay=dict(file=str(ft384), custom_load=True))
+    assert _equal(same, weights)
 
     assert main(['convert', str(ft384), '--out', str(tmp_path / 'conv')]) == 0
     out = capsys.readouterr().out
@@ -172,7 +174,7 @@ def test_folders_and_hub_get_the_checks_files_get(folder, tmp_path, change, mess
     (snap.parents[1] / 'refs' / 'main').write_text('0' * 40)
     with pytest.raises(CheckpointError) as e:
         timm.create_model('hf-hub:org/ti', pretrained=True, cache_dir=str(tmp_path / 'hub'))
-    assert str(e.value).startswith(message + ' It came from the download cached at ')
+    assert str(e.value).startswith(message + ' It came from Hub repository org/ti ')
 
 
 # ---- writes are all or nothing, and keep what they did not write

@@ -19,24 +19,30 @@ grid as it is.
 import logging
 import re
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, resample_abs_pos_embed, trunc_normal_
+from timm.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    register_notrace_function,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import CheckpointError, check_fits, unwrap_state_dict
-from .compat import record_input_size, timm_layer
-from .flops import register_fft_flop_formulas
+from . import flops  # noqa: F401  (FlopCounterMode counts the FFTs once the model family is loaded)
+from .checkpoint import check_weights, load_pretrained, unwrap_state_dict
 from .global_filter import GlobalFilter, resample_filter
-from .pretrained_sources import PretrainedWeights, pretrained_weights
 
 _logger = logging.getLogger(__name__)
-register_fft_flop_formulas()  # FlopCounterMode counts the FFTs as soon as timm loads the plugin (idempotent)
 
 __all__ = ['GFNet', 'GFNetPyramid', 'checkpoint_filter_fn']
 
@@ -64,7 +70,7 @@ class Block(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.filter = GlobalFilter(dim, grid_size, dynamic_size=dynamic_size, filter_backend=filter_backend, **dd)
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = timm_layer(Mlp, dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         # layer scale of the hierarchical models, named `gamma` as in their checkpoints
         self.gamma = nn.Parameter(init_values * torch.ones(dim, **dd)) if init_values is not None else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -123,74 +129,32 @@ class GFNetStage(nn.Module):
 
 # Python control flow on shapes: a leaf for FX feature extraction (FX only wraps names without a leading "_")
 @register_notrace_function
-def check_input(
-        x: torch.Tensor,
-        in_chans: int,
-        img_size: Tuple[int, int],
-        patch_size: Tuple[int, int],
-        fixed_size: bool,
-        pad: bool,
-        min_size: int,
-) -> torch.Tensor:
-    """One early check whose error names the problem and the fix, instead of one from deep inside torch."""
+def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> torch.Tensor:
+    """The errors torch would raise from deep inside, early and naming the fix. Sizes that do not fit the patch
+    grid are PatchEmbed's own check (strict_img_size / dynamic_img_pad)."""
     if x.dim() != 4:
         raise ValueError(
             f'GFNet takes a (B, C, H, W) batch of images, got shape {list(x.shape)}: use x.unsqueeze(0) for one image.')
-    B, C, H, W = x.shape
-    if C != in_chans:
-        fix = 'it looks channels-last: use x.permute(0, 3, 1, 2)' if W == in_chans \
-            else f'for {C}-channel images create the model with in_chans={C}'
-        raise ValueError(
-            f'GFNet was created with in_chans={in_chans} and got {C} channels (shape {list(x.shape)}): {fix}.')
+    if x.shape[1] != in_chans:
+        fix = 'it looks channels-last: use x.permute(0, 3, 1, 2)' if x.shape[-1] == in_chans \
+            else f'for {x.shape[1]}-channel images create the model with in_chans={x.shape[1]}'
+        raise ValueError(f'GFNet was created with in_chans={in_chans} and got shape {list(x.shape)}: {fix}.')
     if not x.is_floating_point():
-        raise ValueError(
-            'GFNet takes floating-point images, not integer or bool tensors: convert with x.float() and normalise '
-            '(the transforms of timm.data.create_transform do both).')
-    if B == 0:
-        raise ValueError('GFNet got an empty batch (batch size 0): skip the call for empty batches.')
-    if fixed_size:
-        if H != img_size[0] or W != img_size[1]:
-            raise ValueError(
-                f'GFNet was created for {img_size[0]}x{img_size[1]} images and got {H}x{W}: resize the input, or '
-                f'create the model with img_size=({H}, {W}) or dynamic_img_size=True.')
-    elif not pad:
-        if H % patch_size[0] != 0 or W % patch_size[1] != 0 or H < min_size or W < min_size:
-            raise ValueError(
-                f'GFNet without dynamic_img_pad takes sizes that are multiples of the patch size {patch_size[0]} and '
-                f'at least {min_size} (its largest stride), got {H}x{W}: crop or resize the input, or create '
-                f'the model with dynamic_img_pad=True.')
-    elif H < 1 or W < 1:
-        raise ValueError(f'GFNet got an image of size {H}x{W}.')
+        raise ValueError('GFNet takes floating-point images: convert with x.float() and normalise (the transforms of '
+                         'timm.data.create_transform do both).')
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(f'GFNet takes images of at least {min_size}x{min_size} (its largest stride), got '
+                         f'{x.shape[-2]}x{x.shape[-1]}: resize the input, or create the model with '
+                         f'dynamic_img_pad=True.')
     return x
 
 
-def _drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
-    # rising linearly over all blocks, as the authors (and timm's calculate_drop_path_rates) do
-    return [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]  # cpu: also on the meta device
-
-
-def _check_pool(global_pool: str) -> None:
+def _check_args(global_pool: str, output_stride: Optional[int], stride: int) -> None:
     if global_pool not in ('avg', ''):
         raise ValueError(f"global_pool takes 'avg' (mean over the token grid) or '' (none), got {global_pool!r}.")
-
-
-def _image_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) \
-        if isinstance(img_size, (tuple, list)) else ()
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
-    return size
-
-
-def _token_grid(img_size: Tuple[int, int], patch_size: Tuple[int, int], pad: bool) -> Tuple[int, int]:
-    """Tokens per axis: partial patches count when the input is padded to whole ones (dynamic_img_pad)."""
-    if pad:
-        return (-(-img_size[0] // patch_size[0]), -(-img_size[1] // patch_size[1]))
-    return (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
-
-
-def _x(grid: Sequence[int]) -> str:
-    return 'x'.join(str(g) for g in grid)
+    if output_stride not in (None, stride):
+        raise ValueError(f'output_stride={output_stride} is not supported: this GFNet has a fixed output stride of '
+                         f'{stride} (no dilation); pass output_stride={stride} or leave it out.')
 
 
 def _halve(grid: Tuple[int, int], pad: bool) -> Tuple[int, int]:
@@ -198,152 +162,56 @@ def _halve(grid: Tuple[int, int], pad: bool) -> Tuple[int, int]:
     return ((grid[0] + 1) // 2, (grid[1] + 1) // 2) if pad else (grid[0] // 2, grid[1] // 2)
 
 
-class _GFNetBase(nn.Module):
-    """Stem, head and timm plumbing shared by both model families. Features are channels-last (NHWC)."""
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _set_input_size(model: nn.Module, img_size: Union[int, Tuple[int, int]], stage_grids: Callable) -> None:
+    """Resample pos_embed and every filter (bicubic, as at load) to the token grids of `img_size`; all or nothing."""
+    pe = model.patch_embed
+    size = to_2tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
+    grid = pe.dynamic_feat_size(size)
+    filters = [(blk.filter, g) for blocks, g in stage_grids(grid) for blk in blocks]
+    if min(min(g) for _, g in filters + [(None, grid)]) < 1:
+        stride = model.feature_info[-1]['reduction']
+        raise ValueError(f'set_input_size({size[0]}, {size[1]}): too small for {type(model).__name__}; take at least '
+                         f'{stride}x{stride} (its largest stride).')
+    with torch.no_grad():  # every new tensor first, then the swap: nothing half-changed if one of them fails
+        pos_embed = resample_abs_pos_embed(model.pos_embed, grid, model.grid_size, num_prefix_tokens=0,
+                                           antialias=False)
+        weights = [resample_filter(f.complex_weight, g, mode='bicubic') for f, g in filters]
+    pe.set_input_size(img_size=size)
+    model.grid_size = grid
+    model.pos_embed = nn.Parameter(pos_embed, requires_grad=model.pos_embed.requires_grad)
+    for (filt, g), weight in zip(filters, weights):
+        filt.complex_weight = nn.Parameter(weight, requires_grad=filt.complex_weight.requires_grad)
+        filt.grid_size = g
+    if hasattr(model, 'pretrained_cfg'):  # what timm's data config and save_for_hf read (timm < 1.0.31)
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *size))
+    try:  # timm >= 1.0.31 keeps the input size in the model's traits, as ViT's set_input_size does
+        from timm.models._input import update_model_input_size
+        update_model_input_size(model, size)
+    except ImportError:
+        pass
+
+
+def _architecture_args(model: nn.Module, embed_dim: Any, depth: Any, mlp: nn.Module) -> Dict[str, Any]:
+    pe = model.patch_embed
+    return dict(
+        img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=model.in_chans,
+        global_pool=model.global_pool, mlp_ratio=mlp.fc1.out_features / mlp.fc1.in_features,
+        dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, embed_dim=embed_dim, depth=depth)
+
+
+class GFNet(nn.Module):
+    """Isotropic GFNet: patch embedding + learned position embedding, a stack of global filter blocks.
+    Features are channels-last (NHWC)."""
     output_fmt: str = 'NHWC'
-
-    def _init_stem(
-            self,
-            img_size: Union[int, Tuple[int, int]],
-            patch_size: int,
-            in_chans: int,
-            embed_dim: int,
-            num_classes: int,
-            global_pool: str,
-            pos_drop_rate: float,
-            dynamic_img_size: bool,
-            dynamic_img_pad: bool,
-            dd: Dict[str, Any],
-    ) -> None:
-        _check_pool(global_pool)
-        img_size = _image_size(img_size)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.dynamic_img_size = dynamic_img_size
-        self.grad_checkpointing = False
-        self.min_img_size = patch_size  # without dynamic padding; the largest stride, for hierarchical models
-        self.patch_embed = timm_layer(
-            PatchEmbed,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            output_fmt='NHWC',
-            strict_img_size=not dynamic_img_size,
-            dynamic_img_pad=dynamic_img_pad,
-            **dd,
-        )
-        grid = self.grid_size
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dim, **dd))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
-    @property
-    def grid_size(self) -> Tuple[int, int]:
-        """The token grid of the stem at the model's input size: what pos_embed (and the first filters) are built
-        for. With dynamic_img_pad the input is padded to whole patches, so a partial patch is a token too."""
-        pe = self.patch_embed
-        return _token_grid(pe.img_size, pe.patch_size, pe.dynamic_img_pad)
-
-    def _init_head(self, num_features: int, num_classes: int, drop_rate: float, norm_layer: Callable, dd) -> None:
-        self.num_features = self.head_hidden_size = num_features
-        self.norm = norm_layer(num_features, **dd)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.pos_embed, std=.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def architecture_args(self) -> Dict[str, Any]:
-        """The constructor arguments that give this model its shapes, read from the model as it is now (after
-        `set_input_size` too), JSON-ready: what a config needs to build it again for its weights. Not among them:
-        `num_classes` (timm keeps it apart), drop rates, the layer-scale init and the filter backend."""
-        pe = self.patch_embed
-        fc1 = self._first_block().mlp.fc1
-        return dict(
-            img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=self.in_chans,
-            global_pool=self.global_pool, mlp_ratio=fc1.out_features / fc1.in_features,
-            dynamic_img_size=self.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, **self._stage_args())
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed'}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            _check_pool(global_pool)  # before anything changes
-        p = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype) if num_classes > 0 \
-            else nn.Identity()
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-
-    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
-        """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grids,
-        as when fine-tuning at another size (`create_model(..., img_size=...)` does the same from a checkpoint).
-        All or nothing: a size the model cannot take raises before anything changes."""
-        if img_size is None:
-            return
-        size = _image_size(img_size)
-        pe = self.patch_embed
-        grid = _token_grid(size, pe.patch_size, pe.dynamic_img_pad)
-        filter_grids = self._filter_grids(grid)
-        if min(min(g) for _, g in filter_grids + [(None, grid)]) < 1:
-            smallest = self.feature_info[-1]['reduction']
-            raise ValueError(
-                f'set_input_size({size[0]}, {size[1]}): too small for {type(self).__name__}, whose token grids '
-                f'shrink to {_x(filter_grids[-1][1])} there; take at least {smallest}x{smallest} (its largest stride).')
-        prev_grid = self.grid_size
-        with torch.no_grad():  # every new tensor first, then the swap: nothing half-changed if one of them fails
-            pos_embed = resample_abs_pos_embed(self.pos_embed, grid, prev_grid, num_prefix_tokens=0, antialias=False)
-            weights = [resample_filter(f.complex_weight, g, mode='bicubic') for f, g in filter_grids]
-        pe.set_input_size(img_size=size)
-        self.pos_embed = nn.Parameter(pos_embed, requires_grad=self.pos_embed.requires_grad)
-        for (filt, filt_grid), weight in zip(filter_grids, weights):
-            if weight is not filt.complex_weight:
-                filt.complex_weight = nn.Parameter(weight, requires_grad=filt.complex_weight.requires_grad)
-            filt.grid_size = filt_grid
-        record_input_size(self, size)
-
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
-        pe = self.patch_embed
-        return check_input(
-            x, self.in_chans, pe.img_size, pe.patch_size, pe.strict_img_size, pe.dynamic_img_pad, self.min_img_size)
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if self.dynamic_img_size:
-            pos_embed = resample_abs_pos_embed(
-                self.pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
-        else:
-            pos_embed = self.pos_embed
-        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
-
-
-class GFNet(_GFNetBase):
-    """Isotropic GFNet: patch embedding + learned position embedding, a stack of global filter blocks."""
 
     def __init__(
             self,
@@ -363,6 +231,7 @@ class GFNet(_GFNetBase):
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             filter_backend: str = 'auto',
+            output_stride: Optional[int] = None,
             norm_layer: Optional[Callable] = None,
             act_layer: Optional[Type[nn.Module]] = None,
             device=None,
@@ -370,15 +239,34 @@ class GFNet(_GFNetBase):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        _check_args(global_pool, output_stride, patch_size)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
-        self._init_stem(img_size, patch_size, in_chans, embed_dim, num_classes, global_pool, pos_drop_rate,
-                        dynamic_img_size, dynamic_img_pad, dd)
-        grid_size = self.grid_size
-        dpr = _drop_path_rates(drop_path_rate, depth)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt='NHWC',
+            strict_img_size=not dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
+            **dd,
+        )
+        # with dynamic_img_pad a partial patch is a token too
+        self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(
                 embed_dim,
-                grid_size,
+                self.grid_size,
                 mlp_ratio=mlp_ratio,
                 init_values=init_values,
                 proj_drop=proj_drop_rate,
@@ -389,9 +277,22 @@ class GFNet(_GFNetBase):
                 norm_layer=norm_layer,
                 **dd,
             ) for i in range(depth)])
-        reduction = self.patch_embed.feat_ratio()
-        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self._init_head(embed_dim, num_classes, drop_rate, norm_layer, dd)
+        r = self.patch_embed.feat_ratio()
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
+        self.norm = norm_layer(embed_dim, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(_init_weights)
+
+    load_pretrained = load_pretrained  # timm's custom_load: the authors' training checkpoints, read safely
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -401,14 +302,36 @@ class GFNet(_GFNetBase):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
-        return [(blk.filter, grid) for blk in self.blocks]
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
 
-    def _first_block(self) -> Block:
-        return self.blocks[0]
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            _check_args(global_pool, None, 0)  # before anything changes
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.pos_embed
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 \
+            else nn.Identity()
 
-    def _stage_args(self) -> Dict[str, Any]:
-        return dict(embed_dim=self.feature_info[0]['num_chs'], depth=len(self.blocks))
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grid,
+        as `create_model(..., img_size=...)` does from a checkpoint."""
+        if img_size is not None:
+            _set_input_size(self, img_size, lambda grid: [(self.blocks, grid)])
+
+    @torch.jit.ignore
+    def architecture_args(self) -> Dict[str, Any]:
+        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
+        return _architecture_args(self, self.num_features, len(self.blocks), self.blocks[0].mlp)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        pos_embed = self.pos_embed
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
+        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
 
     def forward_intermediates(
             self,
@@ -431,7 +354,7 @@ class GFNet(_GFNetBase):
         """
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, 1)))
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, blk in enumerate(blocks):
@@ -461,9 +384,8 @@ class GFNet(_GFNetBase):
             self.reset_classifier(0, '')
         return take_indices
 
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, 1)))
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(blk, x)
@@ -471,10 +393,21 @@ class GFNet(_GFNetBase):
                 x = blk(x)
         return self.norm(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
 
-class GFNetPyramid(_GFNetBase):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+class GFNetPyramid(nn.Module):
     """Hierarchical GFNet: a 4x4 patch stem, then four stages of global filter blocks with layer scale,
-    joined by 2x2 stride-2 convs (strides 4, 8, 16, 32)."""
+    joined by 2x2 stride-2 convs (strides 4, 8, 16, 32). Features are channels-last (NHWC)."""
+    output_fmt: str = 'NHWC'
 
     def __init__(
             self,
@@ -494,6 +427,7 @@ class GFNetPyramid(_GFNetBase):
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             filter_backend: str = 'auto',
+            output_stride: Optional[int] = None,
             norm_layer: Optional[Callable] = None,
             act_layer: Optional[Type[nn.Module]] = None,
             device=None,
@@ -501,13 +435,32 @@ class GFNetPyramid(_GFNetBase):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         num_stages = len(depth)
         assert len(embed_dim) == num_stages, 'embed_dim and depth need one entry per stage'
-        self._init_stem(img_size, patch_size, in_chans, embed_dim[0], num_classes, global_pool, pos_drop_rate,
-                        dynamic_img_size, dynamic_img_pad, dd)
+        _check_args(global_pool, output_stride, patch_size * 2 ** (num_stages - 1))
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dim[-1]
+        self.dynamic_img_size = dynamic_img_size
+        self.min_img_size = 1 if dynamic_img_pad else patch_size * 2 ** (num_stages - 1)
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim[0],
+            output_fmt='NHWC',
+            strict_img_size=not dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
+            **dd,
+        )
+        self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim[0], **dd))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
         # stochastic depth rises linearly over all blocks of all stages, as the authors do
-        dpr = _drop_path_rates(drop_path_rate, sum(depth))
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)  # rising per block, by stage
         grid = self.grid_size
         stages = []
         self.feature_info = []
@@ -519,7 +472,7 @@ class GFNetPyramid(_GFNetBase):
                 grid,
                 downsample=i > 0,
                 dynamic_img_pad=dynamic_img_pad,
-                drop_path=dpr[sum(depth[:i]):sum(depth[:i + 1])],
+                drop_path=dpr[i],
                 mlp_ratio=mlp_ratio,
                 init_values=init_values,
                 proj_drop=proj_drop_rate,
@@ -532,8 +485,20 @@ class GFNetPyramid(_GFNetBase):
             self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=patch_size * 2 ** i))
             grid = _halve(grid, dynamic_img_pad)
         self.stages = nn.Sequential(*stages)
-        self.min_img_size = self.feature_info[-1]['reduction']
-        self._init_head(embed_dim[-1], num_classes, drop_rate, norm_layer, dd)
+        self.norm = norm_layer(embed_dim[-1], **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(_init_weights)
+
+    load_pretrained = load_pretrained  # timm's custom_load: the authors' training checkpoints, read safely
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -551,19 +516,47 @@ class GFNetPyramid(_GFNetBase):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    def _filter_grids(self, grid: Tuple[int, int]) -> List[Tuple[GlobalFilter, Tuple[int, int]]]:
-        # each stage after the first halves the grid, as built in __init__
-        out = []
-        for i, stage in enumerate(self.stages):
-            grid = _halve(grid, self.patch_embed.dynamic_img_pad) if i else grid
-            out += [(blk.filter, grid) for blk in stage.blocks]
-        return out
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
 
-    def _first_block(self) -> Block:
-        return self.stages[0].blocks[0]
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            _check_args(global_pool, None, 0)  # before anything changes
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        w = self.pos_embed
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 \
+            else nn.Identity()
 
-    def _stage_args(self) -> Dict[str, Any]:
-        return dict(embed_dim=[f['num_chs'] for f in self.feature_info], depth=[len(s.blocks) for s in self.stages])
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input resolution: pos_embed and every stage's filters are resampled (bicubic) to their new
+        token grids, as `create_model(..., img_size=...)` does from a checkpoint."""
+        if img_size is None:
+            return
+
+        def stage_grids(grid):
+            pad = self.patch_embed.dynamic_img_pad
+            out = []
+            for i, stage in enumerate(self.stages):
+                grid = _halve(grid, pad) if i else grid
+                out.append((stage.blocks, grid))
+            return out
+
+        _set_input_size(self, img_size, stage_grids)
+
+    @torch.jit.ignore
+    def architecture_args(self) -> Dict[str, Any]:
+        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
+        return _architecture_args(self, [f['num_chs'] for f in self.feature_info],
+                                  [len(s.blocks) for s in self.stages], self.stages[0].blocks[0].mlp)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        pos_embed = self.pos_embed
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
+        return self.pos_drop(x + pos_embed.reshape(1, H, W, C))
 
     def forward_intermediates(
             self,
@@ -587,7 +580,7 @@ class GFNetPyramid(_GFNetBase):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         intermediates = []
         for i, stage in enumerate(stages):
@@ -609,7 +602,8 @@ class GFNetPyramid(_GFNetBase):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
-        self.min_img_size = self.feature_info[max_index]['reduction']
+        if not self.patch_embed.dynamic_img_pad:
+            self.min_img_size = self.feature_info[max_index]['reduction']
         if prune_norm or prune_end:  # the final norm only fits the last stage's width
             self.norm = nn.Identity()
         if prune_end:
@@ -618,11 +612,20 @@ class GFNetPyramid(_GFNetBase):
             self.reset_classifier(0, '')
         return take_indices
 
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(self._check_input(x)))
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         x = self.stages(x)
         return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
 
 
 def _authors_to_timm_key(k: str) -> str:
@@ -632,136 +635,93 @@ def _authors_to_timm_key(k: str) -> str:
     return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
 
 
-def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
-    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height (the
-    first stage's, for the hierarchical family), its width what pos_embed's tokens leave; square without filters.
-    None without a pos_embed (`check_fits` names it missing)."""
-    if 'pos_embed' not in state_dict:
-        return None
+def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height, its
+    width what pos_embed's tokens leave."""
     n = state_dict['pos_embed'].shape[1]
     first = state_dict.get('blocks.0.filter.complex_weight', state_dict.get('stages.0.blocks.0.filter.complex_weight'))
     h = first.shape[0] if first is not None else round(n ** 0.5)
-    if h < 1 or n % h:
-        raise ValueError(f'pos_embed holds {n} tokens, which is no grid of height {h} (the first filter\'s): the '
-                         f'checkpoint is damaged or not a GFNet.')
     return h, n // h
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map an authors' checkpoint (or our own) onto `model`'s keys, resampling position embedding and filters to its
-    size (bicubic, the authors' fine-tuning recipe). Accepts their full training checkpoints (weights under 'model')
-    and DDP `module.` prefixes. Checks live in `checkpoint` (`pretrained_weights` before building, `check_fits`
-    after this)."""
+    """Map an authors' checkpoint (or our own) onto `model`: their pyramid's keys renamed, position embedding and
+    filters resampled to the model's grids (bicubic, the authors' fine-tuning recipe), a classifier of another size
+    replaced by the model's new one. Checked to fit with one error naming every problem (`checkpoint.check_weights`).
+    """
     state_dict = {_authors_to_timm_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    check_weights(state_dict, model)
     target = model.state_dict()
     out = {}
     for k, v in state_dict.items():
-        if k in target and v.shape != target[k].shape:
-            if k == 'pos_embed' and checkpoint_grid(state_dict) is not None:
-                v = resample_abs_pos_embed(
-                    v, model.grid_size, checkpoint_grid(state_dict), num_prefix_tokens=0, antialias=False)
-            elif k.endswith('filter.complex_weight') and v.shape[2] == target[k].shape[2]:
-                v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
+        if k.startswith('head.') and (k not in target or v.shape != target[k].shape):
+            continue
+        if k == 'pos_embed' and v.shape != target[k].shape:
+            grid = checkpoint_grid(state_dict)
+            _logger.info(f'Resampled pos_embed and the filters from a {grid} to a {model.grid_size} token grid.')
+            v = resample_abs_pos_embed(v, model.grid_size, grid, num_prefix_tokens=0, antialias=False)
+        elif k.endswith('filter.complex_weight') and v.shape != target[k].shape:
+            v = resample_filter(v, model.get_submodule(k.rsplit('.', 1)[0]).grid_size, mode='bicubic')
         out[k] = v
+    head = state_dict.get('head.weight')
+    if head is not None and 'head.weight' in target and 'head.weight' not in out:
+        _logger.info(f"The checkpoint's {head.shape[0]}-class head was replaced by a new one (num_classes="
+                     f"{model.num_classes}).")
+        out.update({k: v for k, v in target.items() if k.startswith('head.')})
     return out
 
 
-def _sized_to_weights(variant: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[PretrainedWeights]]:
-    """Model kwargs that load the pretrained weights as they are: read and checked once (`pretrained_weights`), then
-    timm builds the model at their own image size, input channels and classes unless the caller asks otherwise
-    (`img_size=` resamples, another `num_classes` resets the head, as timm does)."""
-    depth, dim = kwargs['depth'], kwargs['embed_dim']
-    arch = (tuple(depth), tuple(dim)) if isinstance(depth, (tuple, list)) else ((depth,), (dim,))
-    weights = pretrained_weights(variant, kwargs, arch)
-    if weights is None:
-        return kwargs, None
-    state_dict = {_authors_to_timm_key(k): v for k, v in weights.state_dict.items()}
-    stem = state_dict.get('patch_embed.proj.weight')
-    grid = checkpoint_grid(state_dict)
-    if stem is None or grid is None:
-        return kwargs, weights  # not a whole GFNet: check_fits names what is missing
-    in_chans, patch = stem.shape[1], tuple(stem.shape[2:])
-    size = weights.img_size
-    if size is None or _token_grid(size, patch, kwargs.get('dynamic_img_pad', False)) != grid:
-        size = (grid[0] * patch[0], grid[1] * patch[1])
-    head = state_dict.get('head.weight')
-    overlay = dict(
-        kwargs.get('pretrained_cfg_overlay') or {},
-        # timm's own loader takes the weights from here: no second read, and no source it would read again
-        state_dict=state_dict, source='', file=None, custom_load=False,
-        # what timm builds by default: the weights' own classes and input (`_update_default_model_kwargs`)
-        num_classes=head.shape[0] if head is not None else 0, input_size=(in_chans, *size))
-    return dict(kwargs, pretrained_cfg_overlay=overlay), weights
-
-
-def _load_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """What timm's loader applies: the authors' layout mapped and resampled (`checkpoint_filter_fn`), then checked
-    to fit with one error naming every key. Says in a log line what it changed."""
-    grid = checkpoint_grid(state_dict)
-    if grid is not None and grid != model.grid_size:
-        _logger.info(f'Resampled pos_embed and the filters from a {_x(grid)} to a {_x(model.grid_size)} token grid.')
-    head = state_dict.get('head.weight')
-    if head is not None and head.shape[0] != model.num_classes:
-        _logger.info(f'The checkpoint\'s {head.shape[0]}-class head was replaced by a new one: num_classes='
-                     f'{model.num_classes}.')
-    return check_fits(checkpoint_filter_fn(state_dict, model), model)
-
-
 def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFNet, GFNetPyramid]:
-    depth = kwargs['depth']
-    hierarchical = isinstance(depth, (tuple, list))
+    hierarchical = isinstance(kwargs['depth'], (tuple, list))
     if kwargs.get('features_only'):
         # backbones take the sizes detection and segmentation feed them (e.g. 512x683) without extra flags
         kwargs.setdefault('dynamic_img_size', True)
         kwargs.setdefault('dynamic_img_pad', True)
     # isotropic: four evenly spaced blocks (as dense-prediction heads for plain ViTs take them)
+    depth = kwargs['depth']
     default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
     out_indices = kwargs.pop('out_indices', default_out_indices)
-    weights = None
-    if pretrained:
-        kwargs, weights = _sized_to_weights(variant, kwargs)
-    try:
-        model = build_model_with_cfg(
-            GFNetPyramid if hierarchical else GFNet,
-            variant,
-            pretrained,
-            pretrained_filter_fn=_load_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-            **kwargs,
-        )
-    except CheckpointError as e:
-        raise (weights.blame_cache(e) if weights is not None else e) from None
-    for m in (model, getattr(model, 'model', None)):  # a features_only wrapper may hold the model
-        if isinstance(getattr(m, 'pretrained_cfg', None), dict):
-            m.pretrained_cfg.pop('state_dict', None)  # the cfg describes the weights, it keeps no copy of them
-    if isinstance(model, _GFNetBase):
-        record_input_size(model, model.patch_embed.img_size)
-    return model
+    return build_model_with_cfg(
+        GFNetPyramid if hierarchical else GFNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     return {
-        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14),
+        # no pool_size (as ViT): clients such as fastai then pool forward_features' maps as NCHW, but ours are NHWC
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
         # like ViT: the learned pos_embed and filters fix the size, unless created with img_size= or dynamic_img_size
         # the authors' evaluation (their datasets.py): Resize(int(256 / 224 * size), bicubic), CenterCrop(size)
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        # the authors' files are training checkpoints: read by `load_pretrained` (safely, their "model" weights)
+        'custom_load': True,
         'license': 'mit', 'paper_ids': 'arXiv:2107.00645', 'paper_name': 'Global Filter Networks for Image '
         'Classification', 'origin_url': 'https://github.com/raoyongming/GFNet',
         **kwargs,
     }
 
 
+def _authors(name: str, link_id: str, **kwargs) -> Dict[str, Any]:
+    # their links end in `/?dl=1`, without a file name: timm's download_cached_file takes (url, file name)
+    return _cfg(url=(f'https://cloud.tsinghua.edu.cn/f/{link_id}/?dl=1', f'{name}.in1k.pth'), **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
-    # the authors' direct download links (their README); converted on load
-    'gfnet_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1'),
-    'gfnet_xs.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e0ab5b1583954a1fa9b2/?dl=1'),
-    'gfnet_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/e5561fa070c44d9399bf/?dl=1'),
-    'gfnet_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/2fbf264597af4d72afb3/?dl=1'),
-    'gfnet_h_ti.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/b22dd45eccbe462cbbfb/?dl=1', pool_size=(7, 7)),
-    'gfnet_h_s.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1', pool_size=(7, 7)),
-    'gfnet_h_b.in1k': _cfg(url='https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1', pool_size=(7, 7)),
+    # the authors' direct download links (their README)
+    'gfnet_ti.in1k': _authors('gfnet_ti', '3d0c1579aa524a0a99dd'),
+    'gfnet_xs.in1k': _authors('gfnet_xs', 'e0ab5b1583954a1fa9b2'),
+    'gfnet_s.in1k': _authors('gfnet_s', 'e5561fa070c44d9399bf'),
+    'gfnet_b.in1k': _authors('gfnet_b', '2fbf264597af4d72afb3'),
+    'gfnet_h_ti.in1k': _authors('gfnet_h_ti', 'b22dd45eccbe462cbbfb'),
+    'gfnet_h_s.in1k': _authors('gfnet_h_s', '5229cb4d1daf48e69675'),
+    'gfnet_h_b.in1k': _authors('gfnet_h_b', '954c5af21e824ba6b40c'),
 })
 
 

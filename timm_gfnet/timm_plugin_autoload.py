@@ -40,11 +40,9 @@ def _why(ep, error: Exception) -> str:
 
     dist = getattr(ep, 'dist', None)
     unmet = []
-    try:
-        from packaging.requirements import Requirement  # with pip, setuptools, torch and huggingface_hub: not stdlib
-    except ImportError:
-        Requirement = None
-    for text in (dist.requires or []) if dist is not None and Requirement is not None else []:
+    from packaging.requirements import Requirement  # a declared requirement (the standard library has no parser)
+
+    for text in (dist.requires or []) if dist is not None else []:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate({'extra': ''}):
             continue  # an extra's requirement, or another platform's
