@@ -75,6 +75,18 @@ def test_import_timm_loads_gfnet():
     assert channels == [64, 128, 256, 512]
 
 
+def test_timm_found_before_it_is_imported():
+    """transformers asks importlib.util.find_spec('timm') while it is imported: the models must still register when
+    timm itself is imported afterwards."""
+    out = _run("""
+        import importlib.util, json
+        assert importlib.util.find_spec('timm') is not None
+        import timm
+        print(json.dumps(timm.list_models('gfnet*')))
+    """).stdout
+    assert json.loads(out) == sorted(_registered())
+
+
 def test_opt_out_and_explicit_import_is_idempotent():
     out = _run("""
         import json, warnings, timm

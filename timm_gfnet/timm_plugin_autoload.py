@@ -81,8 +81,9 @@ class _TimmImportHook:
     def find_spec(self, fullname, path=None, target=None):
         if fullname != 'timm':
             return None
-        sys.meta_path.remove(self)  # one shot
-        for finder in sys.meta_path:
+        # asked by importlib.util.find_spec too (transformers does, to see whether timm is installed): the hook stays
+        # until timm has really run, so every spec it hands out loads the plugins
+        for finder in [f for f in sys.meta_path if f is not self]:
             spec = getattr(finder, 'find_spec', lambda *a: None)(fullname, path, target)
             if spec is not None:
                 break
@@ -95,6 +96,8 @@ class _TimmImportHook:
 
         def exec_module_then_plugins(module):
             exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)  # one shot
             load_plugins()
 
         loader.exec_module = exec_module_then_plugins
