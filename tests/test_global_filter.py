@@ -189,9 +189,9 @@ def budget(ci: int, slow: int):
 # accumulation)
 DTYPES: List[torch.dtype] = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 TOL: Dict[str, Dict[torch.dtype, float]] = {
-    'fft': {torch.float32: 2e-6, torch.float64: 1e-13, torch.bfloat16: 1.2e-2, torch.float16: 1.5e-3},
-    'matmul': {torch.float32: 4e-6, torch.float64: 1e-13, torch.bfloat16: 3e-2, torch.float16: 5e-3},
-    'agree': {torch.float32: 4e-6, torch.float64: 1e-13, torch.bfloat16: 3e-2, torch.float16: 5e-3},
+    'fft': {torch.float32: 2e-6, torch.float64: 1e-14, torch.bfloat16: 1.2e-2, torch.float16: 1.5e-3},
+    'matmul': {torch.float32: 4e-6, torch.float64: 1e-14, torch.bfloat16: 3e-2, torch.float16: 5e-3},
+    'agree': {torch.float32: 4e-6, torch.float64: 1e-14, torch.bfloat16: 3e-2, torch.float16: 5e-3},
 }
 
 CIRCULAR_CASES = dict(

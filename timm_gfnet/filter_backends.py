@@ -12,7 +12,7 @@
 import functools
 import math
 import os
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -75,13 +75,6 @@ def _auto_backend(x: torch.Tensor, dtype: torch.dtype) -> str:
     return 'fft'
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    # 'meta' (shape and FLOP counting) has no autocast: asking it would raise
-    if device_type != 'meta' and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
 def _fft_filter(x: torch.Tensor, weight: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """The authors' formulation on (B, *S, C) (channels_last) or (B, C, *S), with a (*spectrum, C, 2) filter."""
     rank = weight.dim() - 2
@@ -103,12 +96,7 @@ def _angles(n: int, rows: torch.Tensor, work: torch.dtype) -> torch.Tensor:
     return torch.remainder(rows[:, None] * m[None, :], torch.full_like(m[:1], n)).to(work) * (2 * math.pi / n)
 
 
-def _dft_matrices(
-        size: List[int],
-        device: Optional[torch.device],
-        dtype: torch.dtype,
-        exact: bool,
-) -> List[torch.Tensor]:
+def _dft_matrices(size: List[int], device: torch.device, dtype: torch.dtype, exact: bool) -> List[torch.Tensor]:
     """Real matrices of the ortho DFT of a grid of `size`, in `dtype` (angles in float64 when `exact`):
 
     fw (2 Wf, W): the real DFT of the last axis, the Wf = W // 2 + 1 bins' real parts over their imaginary parts;
@@ -136,7 +124,7 @@ def _dft_matrices(
 @functools.lru_cache(maxsize=64)  # grid sizes: enough for multi-scale training, bounded for any number of sizes
 def _cached_dft_matrices(size: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> List[torch.Tensor]:
     with torch.inference_mode(False):  # plain tensors even when first asked for under inference_mode
-        return [m.to(device) for m in _dft_matrices(list(size), None, dtype, True)]
+        return [m.to(device) for m in _dft_matrices(list(size), torch.device('cpu'), dtype, True)]
 
 
 def clear_filter_caches() -> None:
@@ -151,12 +139,7 @@ def _along(m: torch.Tensor, t: torch.Tensor, pre: int, n: int, post: int) -> tor
     return torch.matmul(m, t.reshape(pre, n, post))
 
 
-def _matmul_filter(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        mats: List[torch.Tensor],
-        channels_last: bool,
-) -> torch.Tensor:
+def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tensor], channels_last: bool):
     """The global filter as products with the matrices of `_dft_matrices`, in their dtype."""
     rank = weight.dim() - 2
     shape = list(x.shape)
@@ -195,8 +178,9 @@ def _matmul_filter(
 @torch.jit.unused
 def _global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_last: bool) -> torch.Tensor:
     """Filter x with `weight` by `backend` (eager, compiled, exported; TorchScript calls the two filters itself)."""
-    amp = _autocast_dtype(x.device.type)
-    dtype = amp if amp is not None and x.dtype == torch.float32 else x.dtype
+    dtype = x.dtype  # of the products: the input's, or autocast's for float32 ('meta' has no autocast to ask)
+    if dtype == torch.float32 and x.device.type != 'meta' and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
     if backend == 'auto':
         backend = _auto_backend(x, dtype)
     if backend == 'fft' and x.numel() > 0:  # FFT libraries refuse an empty batch; the products give one, with grads

@@ -6,8 +6,8 @@ A global filter mixes tokens with a real FFT over the spatial axes (norm='ortho'
 element-wise product with a learned complex filter, and the inverse FFT: a depth-wise global circular convolution in
 O(N log N). One N-d layer serves sequences (`GlobalFilter1d`), images / token grids (`GlobalFilter`) and volumes
 (`GlobalFilter3d`). The learned parameter is `complex_weight` of shape `(*spectrum, dim, 2)`, the authors' layout.
-How it is computed (`fft`, `matmul`, the `auto` rule) is `filter_backends.py`. A layer holds nothing but its weights:
-a filter for another size is resampled from them on each call.
+How it is computed (`fft`, `matmul`, the `auto` rule and its global switch) is `filter_backends.py`. A layer holds
+nothing but its weights: a filter for another size is resampled from them on each call.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -16,20 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from .filter_backends import (
-    FILTER_BACKENDS,
-    _check_backend,
-    _dft_matrices,
-    _fft_filter,
-    _global_filter,
-    _matmul_filter,
-    clear_filter_caches,
-    set_default_filter_backend,
-)
+from .filter_backends import FILTER_BACKENDS, _check_backend, _dft_matrices, _fft_filter, _global_filter, _matmul_filter
 
 __all__ = [
-    'GlobalFilter', 'GlobalFilter1d', 'GlobalFilter3d', 'FILTER_BACKENDS', 'clear_filter_caches', 'resample_filter',
-    'set_default_filter_backend', 'set_filter_backend',
+    'GlobalFilter', 'GlobalFilter1d', 'GlobalFilter3d', 'FILTER_BACKENDS', 'resample_filter', 'set_filter_backend',
 ]
 
 _FORMATS = {1: ('NLC', 'NCL'), 2: ('NHWC', 'NCHW'), 3: ('NDHWC', 'NCDHW')}  # (channels last, channels first)
