@@ -21,16 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from reference import MODEL_NAMES, authors_state_dict, input_batch
 from timm_gfnet import filter_backends
+from timm_gfnet.filter_backends import clear_filter_caches, set_default_filter_backend
 from timm_gfnet.gfnet import checkpoint_filter_fn
-from timm_gfnet.global_filter import (
-    GlobalFilter,
-    GlobalFilter1d,
-    GlobalFilter3d,
-    clear_filter_caches,
-    resample_filter,
-    set_default_filter_backend,
-    set_filter_backend,
-)
+from timm_gfnet.global_filter import GlobalFilter, GlobalFilter1d, GlobalFilter3d, resample_filter, set_filter_backend
 
 BACKENDS = ('fft', 'matmul')
 # (class, fmt, size): even and odd last axes, a size-1 axis

@@ -147,14 +147,11 @@ def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tenso
     size = shape[lead:lead + rank]
     outer = size[:-1]
     wf = size[-1] // 2 + 1
-    pre = shape[0] if channels_last else shape[0] * shape[1]
     tail = shape[-1] if channels_last else 1
-    n_outer = 1
-    for s in outer:
-        n_outer *= s
+    rows = x.numel() // (size[-1] * tail)  # lines along the last axis (0 for an empty batch)
     # the real DFT of the last axis, then the other axes innermost first: each moves the real/imag axis one step out
-    z = _along(mats[0], x.to(mats[0].dtype), pre * n_outer, size[-1], tail)
-    before, after = pre * n_outer, wf * tail
+    z = _along(mats[0], x.to(mats[0].dtype), rows, size[-1], tail)
+    before, after = rows, wf * tail
     for k in range(rank - 2, -1, -1):
         before = before // outer[k]
         z = _along(mats[2 + k], z, before, 2 * outer[k], after)
@@ -172,12 +169,23 @@ def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tenso
         y = _along(mats[2 + k].t(), y, before, 2 * outer[k], after)
         before = before * outer[k]
     # the c2r inverse last: it drops what is left of the imaginary parts
-    return _along(mats[1], y, pre * n_outer, 2 * wf, tail).reshape(shape).to(x.dtype)
+    return _along(mats[1], y, rows, 2 * wf, tail).reshape(shape).to(x.dtype)
+
+
+def _global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_last: bool) -> torch.Tensor:
+    """Filter x, (B, *S, C) (channels_last) or (B, C, *S), with a (*spectrum, C, 2) filter by `backend`."""
+    if torch.jit.is_scripting():  # scripting counts as tracing for `auto`: matmul unless fft is asked for
+        if backend == 'fft':
+            return _fft_filter(x, weight, channels_last)
+        size = x.shape[1:-1] if channels_last else x.shape[2:]
+        mats = _dft_matrices(size, x.device, x.dtype, x.dtype == torch.float64)
+        return _matmul_filter(x, weight, mats, channels_last)
+    return _eager_filter(x, weight, backend, channels_last)
 
 
 @torch.jit.unused
-def _global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_last: bool) -> torch.Tensor:
-    """Filter x with `weight` by `backend` (eager, compiled, exported; TorchScript calls the two filters itself)."""
+def _eager_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_last: bool) -> torch.Tensor:
+    """Eager, compiled and exported: the `auto` rule, autocast's dtype, cached or traced DFT matrices."""
     dtype = x.dtype  # of the products: the input's, or autocast's for float32 ('meta' has no autocast to ask)
     if dtype == torch.float32 and x.device.type != 'meta' and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)

@@ -16,10 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from .filter_backends import FILTER_BACKENDS, _check_backend, _dft_matrices, _fft_filter, _global_filter, _matmul_filter
+from .filter_backends import FILTER_BACKENDS, _check_backend, _global_filter, clear_filter_caches
 
 __all__ = [
-    'GlobalFilter', 'GlobalFilter1d', 'GlobalFilter3d', 'FILTER_BACKENDS', 'resample_filter', 'set_filter_backend',
+    'GlobalFilter', 'GlobalFilter1d', 'GlobalFilter3d', 'FILTER_BACKENDS', 'clear_filter_caches', 'resample_filter',
+    'set_filter_backend',
 ]
 
 _FORMATS = {1: ('NLC', 'NCL'), 2: ('NHWC', 'NCHW'), 3: ('NDHWC', 'NCDHW')}  # (channels last, channels first)
@@ -140,11 +141,6 @@ class _GlobalFilterNd(nn.Module):
                                  f'create the layer with dynamic_size=True to resample its filter to other sizes.')
             # resampled on every call, from the weights as they are now: no cache to go stale
             weight = _resample(weight, size)
-        if torch.jit.is_scripting():  # scripting counts as tracing for `auto`: matmul unless fft is asked for
-            if self.filter_backend == 'fft':
-                return _fft_filter(x, weight, self.channels_last)
-            mats = _dft_matrices(size, x.device, x.dtype, x.dtype == torch.float64)
-            return _matmul_filter(x, weight, mats, self.channels_last)
         return _global_filter(x, weight, self.filter_backend, self.channels_last)
 
     def extra_repr(self) -> str:
