@@ -284,8 +284,8 @@ def test_empty_batch_keeps_autograd(shape, dynamic, backend):
 # ---- errors: one line, naming what the user typed
 
 def _fixed(message_grid: str, got: str, name: str = 'GlobalFilter') -> str:
-    return (f'{name} was built for a {message_grid} grid and got {got}: create the layer with dynamic_size=True to '
-            f'resample its filter to other sizes.')
+    return (f'{name} was built for a {message_grid} token grid and got {got}: create the layer with '
+            f'dynamic_size=True to resample its filter to other sizes.')
 
 
 INPUT_ERRORS = [
@@ -309,7 +309,7 @@ INPUT_ERRORS = [
     (lambda: GlobalFilter(4, (6, 10), fmt='NCHW'), (4, 6, 10), {},
      'GlobalFilter expects (B, C, H, W) input, got a tensor of shape [4, 6, 10].'),
     (lambda: GlobalFilter(4, (6, 10)), (2, 3, 0, 4), {},
-     'GlobalFilter got an empty 3x0 grid: the input is smaller than one patch.'),
+     'GlobalFilter got an empty 3x0 token grid: the input is smaller than one patch.'),
     (lambda: GlobalFilter1d(4, 8), (2, 4, 8, 1), {},
      'GlobalFilter1d expects (B, L, C) input, got a tensor of shape [2, 4, 8, 1].'),
     (lambda: GlobalFilter1d(4, 8, fmt='NCL'), (2, 8, 8), {},

@@ -133,12 +133,13 @@ class _GlobalFilterNd(nn.Module):
             raise ValueError(f'{self.name} needs a floating-point input, got {x.dtype}: convert it with x.float().')
         size = [s for s in (x.shape[1:-1] if self.channels_last else x.shape[2:])]
         if min(size) == 0:
-            raise ValueError(f'{self.name} got an empty {_x(size)} grid: the input is smaller than one patch.')
+            raise ValueError(f'{self.name} got an empty {_x(size)} token grid: the input is smaller than one patch.')
         weight = self.complex_weight
         if size != list(self.grid_size):
             if not self.dynamic_size:
-                raise ValueError(f'{self.name} was built for a {_x(list(self.grid_size))} grid and got {_x(size)}: '
-                                 f'create the layer with dynamic_size=True to resample its filter to other sizes.')
+                raise ValueError(f'{self.name} was built for a {_x(list(self.grid_size))} token grid and got '
+                                 f'{_x(size)}: create the layer with dynamic_size=True to resample its filter to other '
+                                 f'sizes.')
             # resampled on every call, from the weights as they are now: no cache to go stale
             weight = _resample(weight, size)
         return _global_filter(x, weight, self.filter_backend, self.channels_last)
