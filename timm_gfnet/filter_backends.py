@@ -38,8 +38,9 @@ def set_default_filter_backend(backend: str = 'auto') -> None:
 
 @functools.lru_cache(maxsize=None)  # a machine does not change while a process runs
 def _cpu_features() -> frozenset:
-    """The CPU's instruction sets, from torch.cpu.get_capabilities(). torch < 2.11 has no public API for them: there,
-    the flags of /proc/cpuinfo (Linux; elsewhere none are known, and `auto` keeps the float32 FFT)."""
+    """The CPU's instruction sets, from torch.cpu.get_capabilities(). Older torch releases (2.6, the floor, included)
+    have no public API for them: there, the flags of /proc/cpuinfo (Linux; elsewhere none are known, and `auto` keeps
+    the float32 FFT)."""
     if hasattr(torch.cpu, 'get_capabilities'):
         return frozenset(k for k, v in torch.cpu.get_capabilities().items() if v is True)
     try:
