@@ -9,6 +9,7 @@ classes.
     python benchmarks/autocast_agreement.py [--device cpu|cuda] [--variants gfnet_ti ...]
 """
 import argparse
+import platform
 import sys
 from pathlib import Path
 
@@ -17,10 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from reference import MODEL_NAMES, authors_state_dict, input_batch  # noqa: E402
-from timm_gfnet.filter_backends import resolve_backend  # noqa: E402
+from timm_gfnet import filter_backends  # noqa: E402 - the rule itself, to print what it picks
 from timm_gfnet.gfnet import checkpoint_filter_fn  # noqa: E402
 from timm_gfnet.global_filter import set_filter_backend  # noqa: E402
-from timm_gfnet.hardware import describe_device  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device(args.device)
     x = input_batch().to(dev)
-    print(f'device: {describe_device(dev)}, torch {torch.__version__}')
+    if dev.type == 'cuda':
+        name = torch.cuda.get_device_name(dev)
+    else:  # the CPU and the half-precision matrix instructions the `auto` rule looks for
+        units = sorted(filter_backends._cpu_features() & set().union(*filter_backends._HALF_UNITS.values()))
+        name = f"{platform.processor() or platform.machine()} ({', '.join(units) or 'no bf16 / fp16 matrix units'})"
+    print(f'device: {name}, {torch.get_num_threads()} threads, torch {torch.__version__}')
     header = ('variant', 'autocast', 'auto runs', 'fft rel err', 'matmul rel err', 'max |fft - matmul|',
               'max |logit|', 'top-1')
     rows = []
@@ -47,8 +52,7 @@ def main() -> None:
                     out[backend] = set_filter_backend(model, backend)(x).float()
             err = {b: ((o - ref).norm() / ref.norm()).item() for b, o in out.items()}
             same = (out['fft'].argmax(-1) == out['matmul'].argmax(-1)).all().item()
-            with torch.autocast(dev.type, dtype=dtype):
-                auto = resolve_backend('auto', x)
+            auto = filter_backends._auto_backend(x, dtype)
             rows.append((name, str(dtype).split('.')[-1], auto, f"{err['fft']:.2e}", f"{err['matmul']:.2e}",
                          f"{(out['fft'] - out['matmul']).abs().max().item():.2e}", f'{ref.abs().max().item():.2f}',
                          'same' if same else 'differs'))

@@ -1,5 +1,6 @@
 """Largest errors of the global filter over the fuzz tests' cases, per backend and dtype: what the tolerances of
-tests/test_fuzz.py (TOL) are set from. `python benchmarks/fuzz_errors.py [examples]` (default: the CI's 150)."""
+tests/test_global_filter.py (TOL) are set from. `python benchmarks/fuzz_errors.py [examples]` (default: the CI's
+150)."""
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from hypothesis import given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
-from test_fuzz import BACKENDS, CIRCULAR_CASES, DTYPES, SETTINGS, TOL, circular_errors  # noqa: E402
+from test_global_filter import BACKENDS, CIRCULAR_CASES, DTYPES, SETTINGS, TOL, circular_errors  # noqa: E402
 
 
 def main(examples: int = 150) -> None:

@@ -16,20 +16,6 @@ def checkpoints(tmp_path_factory):
     return {v: str(write_authors_checkpoint(v, d / f'{v}.pth')) for v in ('gfnet_ti', 'gfnet_h_ti')}
 
 
-def test_resample_filter_follows_authors_recipe():
-    w = torch.randn(14, 8, 5, 2)
-    assert resample_filter(w, (14, 14)) is w  # same size: the identity, not a copy
-    assert resample_filter(w, (14, 15)) is w  # 15 // 2 + 1 == 8: the same spectrum size
-    out = resample_filter(w, (24, 24))
-    assert out.shape == (24, 13, 5, 2)
-    # real and imaginary parts as channels, bicubic, align_corners=True: corners are kept exactly
-    ref = F.interpolate(w.reshape(1, 14, 8, 10).permute(0, 3, 1, 2), size=(24, 13), mode='bicubic',
-                        align_corners=True).permute(0, 2, 3, 1).reshape(24, 13, 5, 2)
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(out[0, 0], w[0, 0])
-    torch.testing.assert_close(out[-1, -1], w[-1, -1])
-
-
 def _authors_filter(w: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
     """The authors' recipe on the raw (h, w // 2 + 1, C, 2) tensor: real and imaginary parts as channels,
     align_corners=True (bicubic when fine-tuning at another size, bilinear for dense prediction)."""

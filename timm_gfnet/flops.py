@@ -6,10 +6,11 @@ n-point grid (rfft, or the irfft back to it) costs n * ceil(log2 n) multiply-acc
 fvcore (MACs of linear, conv and matmul layers).
 
 Importing this module (the plugin's model module does, so `import timm` does) registers these formulas with
-`torch.utils.flop_counter`, so `FlopCounterMode` counts the FFT ops of the `fft` backend. Under tracing, compiling
-or export the `auto` backend runs the DFT as real matmuls: a count of such a graph counts those matmuls (more MACs
-than the FFTs; see `count_macs`, which says which it did).
+`torch.utils.flop_counter`, once: `FlopCounterMode` then counts the FFT ops of the `fft` backend. Under tracing,
+compiling or export the `auto` backend runs the DFT as real matmuls: a count of such a graph counts those matmuls
+(more MACs than the FFTs; see `count_macs`, which says which it did).
 """
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +59,9 @@ FFT_FLOP_FORMULAS: Dict[Any, Callable[..., int]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # once per process: this module calls it on import
 def register_fft_flop_formulas() -> None:
-    """Register the FFT formulas with torch.utils.flop_counter (idempotent; a formula torch has is kept)."""
+    """Register the FFT formulas with torch.utils.flop_counter (a formula torch has is kept)."""
     for op, formula in FFT_FLOP_FORMULAS.items():
         try:
             register_flop_formula(op)(formula)
