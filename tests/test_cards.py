@@ -33,7 +33,7 @@ def test_published_table_and_download_links_are_the_reference_data():
     for k, v in VARIANTS.items():
         name = f"{k.replace('-', '_')}.in1k"
         published = dict(v['published'])
-        assert get_pretrained_cfg(name).url == published.pop('url')
+        assert get_pretrained_cfg(name).url[0] == published.pop('url')
         assert PUBLISHED[name] == published
     assert len(PUBLISHED) == len(VARIANTS)
 
@@ -62,7 +62,7 @@ def test_card_metadata(name):
     text = card.text
     cfg = get_pretrained_cfg(name)
     assert f'# Model card for {name}' in text and '```bibtex\n@inproceedings{rao2021global,' in text
-    assert cfg.origin_url in text and cfg.url in text and PUBLISHED[name]['gdrive'] in text
+    assert cfg.origin_url in text and cfg.url[0] in text and PUBLISHED[name]['gdrive'] in text
     assert f"arxiv.org/abs/{cfg.paper_ids.split(':')[1]}" in text
     assert f"| {name} | {PUBLISHED[name]['top1']} | {PUBLISHED[name]['top5']} |" in text
     assert [s.split('\n')[-1] for s in re.findall(r'### .*?\n```python', text)] == ['```python'] * 3

@@ -105,18 +105,14 @@ def test_deterministic_algorithms_repeat_exactly(kind):
 
 def test_dynamic_size_caches_stay_bounded():
     """Inference over many input sizes with the matmul filter: the module-level cache (DFT matrices per grid size)
-    stays within its bound, keeping the most recent sizes, so memory does not grow with the number of sizes seen;
-    layers keep nothing."""
-    from timm_gfnet import dft
+    stays within its bound, so memory does not grow with the number of sizes seen; layers keep nothing."""
+    from timm_gfnet import filter_backends
     model = _tiny('pyr', dynamic_img_size=True, dynamic_img_pad=True, filter_backend='matmul').eval()
     sizes = [(h, w) for h in range(33, 100, 6) for w in range(40, 100, 11)]
-    dft.clear_dft_cache()
+    filter_backends.clear_filter_caches()
     with torch.no_grad():
         for h, w in sizes:
             model(torch.randn(1, 3, h, w))
-    kept = dft.cached_sizes()
-    assert len(sizes) == 72 and len(kept) == dft._CACHE_SIZE  # full: evicting, not growing
-    # the last input's four stage grids are among the most recent entries
-    h, w = sizes[-1]
-    last = {((h + 3) // 4, (w + 3) // 4)}
-    assert {k[0] for k in kept[-4:]} >= last
+    info = filter_backends._cached_dft_matrices.cache_info()
+    assert len(sizes) == 72 and info.currsize == info.maxsize == 64  # full: evicting, not growing
+    assert not [b for m in model.modules() for b in m.buffers()]  # layers keep nothing

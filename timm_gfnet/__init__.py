@@ -13,9 +13,11 @@ from .global_filter import (
     resample_filter,
     set_filter_backend,
 )
+from .filter_backends import set_default_filter_backend
 
 __version__ = '0.1.0'
 __all__ = [
     'GFNet', 'GFNetPyramid', 'GlobalFilter', 'GlobalFilter1d', 'GlobalFilter3d', 'checkpoint_filter_fn',
     'clear_filter_caches', 'infer_variant', 'load_model', 'read_checkpoint', 'resample_filter', 'set_filter_backend',
+    'set_default_filter_backend',
 ]

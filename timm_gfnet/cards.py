@@ -92,7 +92,7 @@ def generate_card(
     )
     return ModelCard.from_template(
         data, template_path=str(_TEMPLATE), model_name=model_name, architecture=architecture, repo_id=repo_id,
-        published=published, weights_url=cfg.url if cfg else None, fft_convention=FFT_CONVENTION, **m)
+        published=published, weights_url=cfg.url[0] if cfg else None, fft_convention=FFT_CONVENTION, **m)
 
 
 def _names(names: Optional[Sequence[str]]) -> List[str]:

@@ -22,7 +22,7 @@ from timm.models import save_for_hf
 
 from . import __version__
 from .cards import generate_card
-from .checkpoint import load_model, weights_digest
+from .checkpoint import load_model, recorded_digest, weights_digest
 
 __all__ = ['HubError', 'save_for_hub', 'export_for_hub', 'push_to_hub']
 
@@ -71,9 +71,6 @@ def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
     config_file = out_dir / 'config.json'
     config = json.loads(config_file.read_text())
     config.pop('model_args', None)
-    # the digest vouches for the tensors it was taken of, not for a file anyone can edit (and timm's PretrainedCfg
-    # has no such field)
-    config['pretrained_cfg'].pop('weights_digest', None)
     args = _architecture_args(model)
     if args:
         config['model_args'] = args
@@ -83,8 +80,8 @@ def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
 
 def _authors_weights(model: nn.Module) -> bool:
     """The model holds the authors' released tensors, unchanged: the digest recorded when they were loaded from the
-    registered download (`pretrained_cfg['weights_digest']`) is that of its weights now."""
-    digest = model.pretrained_cfg.get('weights_digest')
+    registered download (`recorded_digest`) is that of its weights now."""
+    digest = recorded_digest(model)
     return digest is not None and digest == weights_digest(model.state_dict())
 
 
