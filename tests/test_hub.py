@@ -277,7 +277,7 @@ def test_card_claims_published_results_only_for_the_authors_tensors(tmp_path):
                  'top_5_accuracy': PUBLISHED['gfnet_ti.in1k']['top5']}
     results = _results(export_for_hub(model, tmp_path / 'authors'))
     assert {r.metric_type: r.metric_value for r in results} == published
-    # the folder keeps the record (timm's save_for_hf writes `notes`, every timm loader reads it): still the same tensors
+    # the folder keeps the record (save_for_hf writes `notes`, timm loaders read it back): the same tensors
     reloaded = timm.create_model(f'local-dir:{tmp_path / "authors"}', pretrained=True)
     assert {r.metric_type: r.metric_value for r in _results(export_for_hub(reloaded, tmp_path / 'again'))} == published
 

@@ -4,6 +4,7 @@ Installing the package is enough for `timm.create_model('gfnet_s')`: an entry po
 as soon as `timm` is imported. Importing this package explicitly works too and is idempotent.
 """
 from .checkpoint import infer_variant, load_model, read_checkpoint
+from .filter_backends import set_default_filter_backend
 from .gfnet import GFNet, GFNetPyramid, checkpoint_filter_fn
 from .global_filter import (
     GlobalFilter,
@@ -13,7 +14,6 @@ from .global_filter import (
     resample_filter,
     set_filter_backend,
 )
-from .filter_backends import set_default_filter_backend
 
 __version__ = '0.1.0'
 __all__ = [

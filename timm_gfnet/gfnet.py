@@ -331,7 +331,7 @@ class GFNet(nn.Module):
         pos_embed = self.pos_embed
         if self.dynamic_img_size:
             pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
-        # contiguous channels-last: the stem's conv output is a permuted view, and a residual stream stored channels-first
+        # contiguous channels-last: the stem conv gives a permuted view, and a residual stream stored channels-first
         # makes every add and LayerNorm of every block copy (about a tenth of the bf16 time)
         return self.pos_drop((x + pos_embed.reshape(1, H, W, C)).contiguous())
 
@@ -558,7 +558,7 @@ class GFNetPyramid(nn.Module):
         pos_embed = self.pos_embed
         if self.dynamic_img_size:
             pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
-        # contiguous channels-last: the stem's conv output is a permuted view, and a residual stream stored channels-first
+        # contiguous channels-last: the stem conv gives a permuted view, and a residual stream stored channels-first
         # makes every add and LayerNorm of every block copy (about a tenth of the bf16 time)
         return self.pos_drop((x + pos_embed.reshape(1, H, W, C)).contiguous())
 
