@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from reference import MODEL_NAMES, input_batch, write_authors_checkpoint  # noqa: E402
 
-TOLERANCE = 2e-6  # each install is within 2e-6 of the authors' outputs (tests/test_pretrained.py)
+TOLERANCE = 2e-6  # each install is within 2e-6 of the authors' outputs (tests/test_gfnet.py)
 
 
 def logits() -> dict:

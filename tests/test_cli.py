@@ -1,25 +1,30 @@
 """The `timm-gfnet` command line, run as users run it: the installed script or `timm_gfnet.cli.main([...])`.
 Here: parsing and its errors, convert, predict, push's load command, all-or-nothing outputs. Each command's own
 behaviour is also tested beside its module: test_predict, test_onnx_export, test_viz, test_hub, test_cards,
-test_recipes, test_bench, test_models_table."""
+test_recipes, test_bench; and `models` against the README table and the cards."""
 import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import timm
 import torch
 from PIL import Image
 
-from reference import write_authors_checkpoint
-from timm_gfnet import cli
+from reference import input_batch, write_authors_checkpoint, write_fine_tuned_checkpoint
+from timm_gfnet import cli, load_model
 from timm_gfnet.checkpoint import CheckpointError
 from timm_gfnet.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -200,3 +205,111 @@ def test_push_to_a_branch_prints_the_command_that_loads_it(tmp_path):
     assert loaded.returncode == 0, loaded.stderr
     with torch.no_grad():
         assert float(loaded.stdout) == pytest.approx(float(model(torch.ones(1, 3, 64, 64)).sum()), abs=1e-5)
+
+
+# ---- a fine-tuned head through predict, export-onnx and viz
+
+
+@pytest.fixture(scope='module')
+def fine_tuned(tmp_path_factory):
+    """A 10-class gfnet_ti in the authors' format, its head, and its converted folder (`timm-gfnet convert`)."""
+    d = tmp_path_factory.mktemp('ft')
+    ckpt, head = write_fine_tuned_checkpoint('gfnet_ti', d / 'ft10.pth', num_classes=10)
+    proc = _cli('convert', str(ckpt), '--out', str(d / 'ft10'))
+    assert proc.returncode == 0, proc.stderr
+    assert 'gfnet_ti (recognised from its shapes)' in proc.stdout and '10-class head' in proc.stdout
+    return ckpt, head, d / 'ft10'
+
+
+def test_predict_on_a_fine_tuned_pth_and_an_authors_pth(fine_tuned, tmp_path):
+    ckpt, head, _ = fine_tuned
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(tmp_path / 'a.png')
+    proc = _cli('predict', str(tmp_path / 'a.png'), '--checkpoint', str(ckpt), '--topk', '3')
+    assert proc.returncode == 0, proc.stderr
+    model = load_model(ckpt).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    with torch.no_grad():
+        top = model(transform(Image.open(tmp_path / 'a.png').convert('RGB'))[None]).softmax(-1)[0].topk(3)
+    assert proc.stdout.splitlines()[1:] == [f'  {p.item():7.2%}  class {i}' for p, i in zip(*top)]
+    authors = write_authors_checkpoint('gfnet_ti', tmp_path / 'ti.pth')
+    proc = _cli('predict', str(tmp_path / 'a.png'), '--checkpoint', str(authors), '--topk', '2')
+    assert proc.returncode == 0, proc.stderr
+    names = set(timm.data.ImageNetInfo().label_descriptions())
+    assert all(line.split('%', 1)[1].strip() in names for line in proc.stdout.splitlines()[1:])
+
+
+def test_export_onnx_keeps_the_fine_tuned_head(fine_tuned, tmp_path):
+    ckpt, head, _ = fine_tuned
+    out = tmp_path / 'ft.onnx'
+    proc = _cli('export-onnx', '--checkpoint', str(ckpt), '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    model = load_model(ckpt).eval()
+    x = input_batch()
+    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    got = session.run(None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, (features @ head['head.weight'].T + head['head.bias']).numpy(), atol=1e-4)
+
+
+def test_viz_takes_a_fine_tuned_checkpoint(fine_tuned, tmp_path):
+    ckpt, _, folder = fine_tuned
+    for source in (ckpt, folder):
+        out = tmp_path / f'{source.name}.png'
+        proc = _cli('viz', '--checkpoint', str(source), '--out', str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ---- `timm-gfnet models`: what the README table and the model cards say, row by row (parsed, not hard-coded)
+
+
+def _rows(text: str) -> Dict[str, List[str]]:
+    """{model: cells} of a table printed by `timm-gfnet models` (header and rule skipped)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert lines[0].split()[:2] == ['model', 'params'] and set(lines[1].replace(' ', '')) == {'-'}, lines[:2]
+    return {line.split()[0]: line.split() for line in lines[2:]}
+
+
+def _readme_table() -> Dict[str, List[str]]:
+    readme = (ROOT / 'README.md').read_text()
+    m = re.search(r'```text\n\$ timm-gfnet models\n(.*?)```', readme, re.S)
+    assert m, 'README.md has no `$ timm-gfnet models` block'
+    return _rows(m.group(1))
+
+
+def _card(tag: str) -> Dict[str, str]:
+    text = (ROOT / 'model_cards' / f'{tag}.md').read_text()
+    fields = {}
+    for key in ('Params (M)', 'GMACs', 'Channels', 'Strides'):
+        m = re.search(rf'^\s*- \*?\*?{re.escape(key)}:?\*?\*?:? (.+)$', text, re.M)
+        assert m, f'{tag}.md has no "{key}" line'
+        fields[key] = m.group(1).strip()
+    return fields
+
+
+@pytest.fixture(scope='module')
+def printed() -> str:
+    proc = subprocess.run([sys.executable, '-m', 'timm_gfnet.cli', 'models'], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_every_row_equals_the_readme(printed):
+    rows, readme = _rows(printed), _readme_table()
+    assert sorted(rows) == sorted(timm.list_models('gfnet*')) == sorted(readme)
+    for name, cells in rows.items():
+        assert cells == readme[name], f'{name}: printed {cells}, README {readme[name]}'
+
+
+def test_every_row_equals_its_model_card(printed):
+    rows = _rows(printed)
+    for name, (_, params, gmacs, channels, strides, *tags) in rows.items():
+        for tag in tags:
+            card = _card(f'{name}.{tag}')
+            assert card['Params (M)'] == params and card['GMACs'] == gmacs, (name, tag, card)
+            # the card names every feature map (four of them); the table one per stage
+            assert set(card['Channels'].split(', ')) == set(channels.split(',')), (name, card)
+            assert set(card['Strides'].split(', ')) == set(strides.split(',')), (name, card)

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from timm.data import ImageNetInfo
 from timm.models import save_for_hf
 
-from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint
+from reference import authors_state_dict, expected, input_batch, write_authors_checkpoint, write_fine_tuned_checkpoint
 from timm_gfnet import load_model
 from timm_gfnet.cards import generate_card
 from timm_gfnet.checkpoint import _DIGEST, weights_digest
@@ -306,3 +306,23 @@ def test_the_filter_backend_is_not_architecture(tmp_path):
     assert config['model_args'] == {'img_size': [96, 96], 'depth': 2}
     loaded = load_model(tmp_path / 'm')
     assert {m.filter_backend for m in loaded.modules() if hasattr(m, 'filter_backend')} == {'auto'}
+
+
+# ---- transformers keeps a fine-tuned head at another size
+
+
+def test_transformers_keeps_a_fine_tuned_head_and_another_size(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from timm_gfnet.hub import save_for_hub
+
+    ckpt, head = write_fine_tuned_checkpoint('gfnet_ti', tmp_path / 'ft.pth', num_classes=10)
+    source = load_model(ckpt, img_size=256).eval()
+    save_for_hub(source, tmp_path / 'ft256')
+    config = json.loads((tmp_path / 'ft256' / 'config.json').read_text())
+    assert config['model_args'] == {'img_size': [256, 256]} and config['num_classes'] == 10
+    model = AutoModelForImageClassification.from_pretrained(str(tmp_path / 'ft256')).eval()
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, source(x), rtol=0, atol=1e-5)
+    assert torch.equal(model.timm_model.head.weight, head['head.weight'])
