@@ -68,7 +68,8 @@ def _resample(weight: torch.Tensor, size: List[int], mode: str = 'linear') -> to
     w = weight if weight.dtype == torch.float64 else weight.float()
     w = w.reshape(list(weight.shape[:rank]) + [-1]).movedim(-1, 0).unsqueeze(0)  # real, imag of each channel
     w = F.interpolate(w, size=new_spec, mode=mode, align_corners=True)
-    return w[0].movedim(0, -1).reshape(new_spec + list(weight.shape[rank:])).to(weight.dtype)
+    # contiguous: it becomes a parameter that safetensors (save_for_hf) must be able to write
+    return w[0].movedim(0, -1).reshape(new_spec + list(weight.shape[rank:])).to(weight.dtype).contiguous()
 
 
 class _GlobalFilterNd(nn.Module):
