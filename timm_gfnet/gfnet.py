@@ -114,14 +114,14 @@ class GFNetStage(nn.Module):
             grid_size: Tuple[int, int],
             downsample: bool = True,
             dynamic_img_pad: bool = False,
-            drop_path: Optional[List[float]] = None,
+            drop_path: Tuple[float, ...] = (),
             **block_kwargs,
     ):
         super().__init__()
         dd = {'device': block_kwargs.get('device'), 'dtype': block_kwargs.get('dtype')}
         self.grad_checkpointing = False
         self.downsample = Downsample(dim, dim_out, pad=dynamic_img_pad, **dd) if downsample else nn.Identity()
-        drop_path = drop_path or [0.] * depth
+        drop_path = drop_path or (0.,) * depth
         self.blocks = nn.Sequential(*[
             Block(dim_out, grid_size, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
@@ -165,8 +165,8 @@ def _check_args(global_pool: str, output_stride: Optional[int], stride: int) -> 
 
 
 def _grid(img_size: Tuple[int, int], stride: int, pad: bool) -> Tuple[int, int]:
-    """The token grid at `stride`: a partial patch is a token when padded (dynamic_img_pad), else dropped. (The
-    same as halving the patch grid by each 2x2 stride-2 conv, rounding up or down.)"""
+    """The token grid of a stage at `stride`, as PatchEmbed's dynamic_feat_size at the patch stride: partial tokens
+    count when padded (dynamic_img_pad: each 2x2 stride-2 conv rounds up), else are dropped (rounds down)."""
     return tuple(-(-s // stride) if pad else s // stride for s in img_size)
 
 
@@ -214,7 +214,7 @@ class _GFNetCommon(nn.Module):
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
         pad = self.patch_embed.dynamic_img_pad
-        grid = _grid(size, self.patch_embed.patch_size[0], pad)
+        grid = self.patch_embed.dynamic_feat_size(size)
         # each filter at its stage's stride (feature_info names the module each stride starts with)
         filters = [(m, _grid(size, info['reduction'], pad)) for name, m in self.named_modules()
                    if isinstance(m, GlobalFilter)
@@ -305,13 +305,14 @@ class GFNet(_GFNetCommon):
             img_size, patch_size, in_chans, embed_dim, output_fmt='NHWC', strict_img_size=not dynamic_img_size,
             dynamic_img_pad=dynamic_img_pad, **dd)
         # with dynamic_img_pad a partial patch is a token too
-        self.grid_size = _grid(self.patch_embed.img_size, patch_size, dynamic_img_pad)
+        self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[Block(
-            embed_dim, self.grid_size, mlp_ratio, init_values, proj_drop_rate, dpr[i], dynamic_img_size, filter_backend,
-            act_layer or nn.GELU, norm_layer, **dd) for i in range(depth)])
+            embed_dim, self.grid_size, mlp_ratio=mlp_ratio, init_values=init_values, proj_drop=proj_drop_rate,
+            drop_path=dpr[i], dynamic_size=dynamic_img_size, filter_backend=filter_backend,
+            act_layer=act_layer or nn.GELU, norm_layer=norm_layer, **dd) for i in range(depth)])
         r = self.patch_embed.feat_ratio()
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
         self.norm = norm_layer(embed_dim, **dd)
@@ -436,7 +437,7 @@ class GFNetPyramid(_GFNetCommon):
         self.patch_embed = PatchEmbed(
             img_size, patch_size, in_chans, embed_dim[0], output_fmt='NHWC', strict_img_size=not dynamic_img_size,
             dynamic_img_pad=dynamic_img_pad, **dd)
-        self.grid_size = _grid(self.patch_embed.img_size, patch_size, dynamic_img_pad)
+        self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim[0], **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         # stochastic depth rises linearly over all blocks of all stages, as the authors do
@@ -445,11 +446,12 @@ class GFNetPyramid(_GFNetCommon):
         stages = []
         for i in range(num_stages):
             stride = patch_size * 2 ** i
+            grid = _grid(self.patch_embed.img_size, stride, dynamic_img_pad)
             stages.append(GFNetStage(
-                embed_dim[max(i - 1, 0)], embed_dim[i], depth[i], _grid(self.patch_embed.img_size, stride,
-                dynamic_img_pad), downsample=i > 0, dynamic_img_pad=dynamic_img_pad, drop_path=dpr[i],
-                mlp_ratio=mlp_ratio, init_values=init_values, proj_drop=proj_drop_rate, dynamic_size=dynamic_img_size,
-                filter_backend=filter_backend, act_layer=act_layer or nn.GELU, norm_layer=norm_layer, **dd))
+                embed_dim[max(i - 1, 0)], embed_dim[i], depth[i], grid, downsample=i > 0,
+                dynamic_img_pad=dynamic_img_pad, drop_path=dpr[i], mlp_ratio=mlp_ratio, init_values=init_values,
+                proj_drop=proj_drop_rate, dynamic_size=dynamic_img_size, filter_backend=filter_backend,
+                act_layer=act_layer or nn.GELU, norm_layer=norm_layer, **dd))
             self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=stride))
         self.stages = nn.Sequential(*stages)
         self.norm = norm_layer(embed_dim[-1], **dd)
@@ -459,14 +461,8 @@ class GFNetPyramid(_GFNetCommon):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^pos_embed|patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
+        blocks = [(r'^stages\.(\d+)\.downsample', (0,)), (r'^stages\.(\d+)\.blocks\.(\d+)', None), (r'^norm', (99999,))]
+        return dict(stem=r'^pos_embed|patch_embed', blocks=r'^stages\.(\d+)' if coarse else blocks)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -598,13 +594,8 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
         # "model" ones the authors publish; ours reads every format timm does, and those as the authors meant
         kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
     return build_model_with_cfg(
-        GFNetPyramid if hierarchical else GFNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+        GFNetPyramid if hierarchical else GFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
