@@ -1,16 +1,22 @@
-"""The timm model contract for every GFNet variant, as timm's own tests/test_models.py checks it for its models."""
+"""`timm_gfnet.gfnet`: the timm model contract for every GFNet variant (as timm's own tests/test_models.py checks it),
+bad input, any resolution (resampling at creation, the authors' recipes, dynamic sizes and padding) and property-based
+fuzzing of sizes and tensors (a few hundred cases here, ten times as many with `-m slow`)."""
 import math
 import re
 from collections import Counter
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from timm.layers import get_channel_dim, get_spatial_dim
 
-from reference import MODEL_NAMES, VARIANTS, expected, input_batch, write_authors_checkpoint
+from reference import MODEL_NAMES, VARIANTS, authors_state_dict, expected, input_batch, write_authors_checkpoint
+from timm_gfnet import GlobalFilter, set_filter_backend
 
 HIERARCHICAL = [n for n in MODEL_NAMES if n.startswith('gfnet_h_')]
 # the smallest of each family for the slower checks (the families share all code; sizes are checked for all)
@@ -465,3 +471,266 @@ def test_floating_dtypes_and_empty_batch(kind):
         assert model(x[:0]).shape == (0, 1000)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out.float(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- any resolution: the authors' recipes, computed here from the raw tensors with torch's interpolate
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp('ckpt')
+    return {v: str(write_authors_checkpoint(v, d / f'{v}.pth')) for v in TWO}
+
+
+def _authors_filter(w: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
+    """The authors' recipe on the raw (h, w // 2 + 1, C, 2) tensor: real and imaginary parts as channels,
+    align_corners=True (bicubic when fine-tuning at another size, bilinear for dense prediction)."""
+    h, wf, c, _ = w.shape
+    x = w.reshape(1, h, wf, 2 * c).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=size, mode=mode, align_corners=True)
+    return x.permute(0, 2, 3, 1).reshape(*size, c, 2)
+
+
+def _authors_pos_embed(pos: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """(1, N, C) tokens on an old grid -> the new grid: bicubic, align_corners=False, no antialiasing."""
+    x = pos.reshape(1, *old, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=new, mode='bicubic', align_corners=False, antialias=False)
+    return x.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1)
+
+
+def _grids(name: str, h: int, w: int, pad: bool) -> List[Tuple[int, int]]:
+    """Token grid of every block, in block order, from the authors' constructor arguments: the patch grid, and for
+    the hierarchical models each further stage at half the size of the one before (rounded up when padded)."""
+    args = VARIANTS[name.replace('_', '-')]['constructor']
+    depths = args['depth'] if isinstance(args['depth'], list) else [args['depth']]
+    p = args['patch_size']
+    div = (lambda a, b: -(-a // b)) if pad else (lambda a, b: a // b)
+    return [(div(h, p * 2 ** i), div(w, p * 2 ** i)) for i, d in enumerate(depths) for _ in range(d)]
+
+
+@pytest.mark.parametrize('name,size,pad', [
+    ('gfnet_ti', 384, False), ('gfnet_ti', (224, 320), False), ('gfnet_h_ti', 288, False), ('gfnet_ti', 230, True)])
+def test_pretrained_at_another_size(name, size, pad, checkpoints):
+    """Fine-tuning at another size: pos_embed and every filter equal the authors' recipe applied to the raw
+    checkpoint tensors. With dynamic_img_pad a fixed size that is not a multiple of the patch gets the padded
+    (rounded-up) grids: 230 -> 15x15 tokens."""
+    model = timm.create_model(name, pretrained=True, img_size=size, dynamic_img_pad=pad,
+                              pretrained_cfg_overlay=dict(file=checkpoints[name], custom_load=True)).eval()
+    h, w = (size, size) if isinstance(size, int) else size
+    grids = _grids(name, h, w, pad)
+    patch = 16 if name == 'gfnet_ti' else 4
+    src = authors_state_dict(name)
+    torch.testing.assert_close(
+        model.pos_embed, _authors_pos_embed(src['pos_embed'], (224 // patch, 224 // patch), grids[0]),
+        rtol=0, atol=1e-6)  # measured: bit-identical
+    ours = [m.complex_weight for m in model.modules() if isinstance(m, GlobalFilter)]
+    theirs = [v for k, v in src.items() if k.endswith('filter.complex_weight')]  # the authors' block order
+    assert len(ours) == len(theirs) == len(grids)
+    for i, (a, b, (gh, gw)) in enumerate(zip(ours, theirs, grids)):
+        expected = _authors_filter(b, (gh, gw // 2 + 1), 'bicubic')
+        torch.testing.assert_close(a, expected, rtol=0, atol=1e-6, msg=lambda m, i=i: f'filter {i}: {m}')
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, h, w))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+TINY_DENSE = {
+    'gfnet_ti': dict(depth=2, embed_dim=32),
+    'gfnet_h_ti': dict(depth=(1, 1, 1, 1), embed_dim=(8, 16, 16, 32)),
+}
+
+
+@pytest.mark.parametrize('size', [(128, 128), (160, 96), (96, 288), (64, 64)])
+@pytest.mark.parametrize('name', list(TINY_DENSE))
+def test_dynamic_size_is_the_authors_dense_recipe(name, size):
+    """A dynamic-size model at another size computes what a fixed-size model of that size computes with the
+    filters resampled bilinearly (align_corners=True) and pos_embed bicubically, as the authors do for dense
+    prediction (at its own size, 128, what the fixed model computes); in training too, where the resampling is
+    inside the autograd graph and gradients reach the stored filters."""
+    torch.manual_seed(0)
+    base = timm.create_model(name, img_size=128, dynamic_img_size=True, filter_backend='fft', **TINY_DENSE[name])
+    with torch.no_grad():
+        for m in base.modules():
+            if isinstance(m, GlobalFilter):
+                m.complex_weight.normal_()  # O(1) filters: a wrong resampling shows in the outputs
+    sized = timm.create_model(name, img_size=size, filter_backend='fft', **TINY_DENSE[name]).eval()
+    patch = 16 if name == 'gfnet_ti' else 4
+    state = base.state_dict()
+    grid = (size[0] // patch, size[1] // patch)
+    state['pos_embed'] = _authors_pos_embed(state['pos_embed'], (128 // patch,) * 2, grid)
+    for k, m in sized.named_modules():
+        if isinstance(m, GlobalFilter):
+            state[f'{k}.complex_weight'] = _authors_filter(state[f'{k}.complex_weight'], m.complex_weight.shape[:2],
+                                                           'bilinear')
+    sized.load_state_dict(state)
+    x = torch.randn(2, 3, *size)
+    # features (normalised, O(1)), not logits (a small random head would hide differences); measured: bit-identical
+    with torch.no_grad():
+        expected = sized.eval().forward_features(x)
+        torch.testing.assert_close(base.eval().forward_features(x), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(base.forward_features(x), expected, rtol=0, atol=1e-6)  # a second call: the same
+    features = base.train().forward_features(x)
+    torch.testing.assert_close(features, sized.train().forward_features(x), rtol=0, atol=1e-6)
+    features.square().mean().backward()
+    assert all(m.complex_weight.grad.abs().sum() > 0 for m in base.modules() if isinstance(m, GlobalFilter))
+
+
+def _by_hand_isotropic(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's own layers, the input padded by hand to whole patches (zeros right and bottom)."""
+    p = model.patch_embed.patch_size[0]
+    x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+    t = model.patch_embed.proj(x).permute(0, 2, 3, 1)
+    t = t + model.pos_embed.reshape(1, *t.shape[1:])
+    for blk in model.blocks:
+        t = blk(t)
+    return model.forward_head(model.norm(t))
+
+
+def _by_hand_pyramid(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stem padded to whole patches, and every stage's map padded to even sides before its 2x2 conv, by hand."""
+    p = model.patch_embed.patch_size[0]
+    x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+    t = model.patch_embed.proj(x)  # NCHW
+    t = (t.permute(0, 2, 3, 1) + model.pos_embed.reshape(1, *t.shape[2:], -1))
+    for i, stage in enumerate(model.stages):
+        if i:
+            c = t.permute(0, 3, 1, 2)
+            c = F.pad(c, (0, c.shape[-1] % 2, 0, c.shape[-2] % 2))
+            t = stage.downsample.proj(c).permute(0, 2, 3, 1)
+        for blk in stage.blocks:
+            t = blk(t)
+    return model.forward_head(model.norm(t))
+
+
+@pytest.mark.parametrize('name,size,grids', [
+    ('gfnet_ti', (230, 230), [(15, 15)]),
+    ('gfnet_ti', (200, 260), [(13, 17)]),
+    ('gfnet_h_ti', (228, 228), [(57, 57), (29, 29), (15, 15), (8, 8)]),
+    ('gfnet_h_ti', (200, 260), [(50, 65), (25, 33), (13, 17), (7, 9)]),
+])
+def test_fixed_size_with_dynamic_pad(name, size, grids):
+    """Every stage's filters and the position embedding are built for the rounded-up grids the padded input makes,
+    and the model equals its own layers fed the input padded by hand. Other sizes keep the one-line error."""
+    depth = 2 if name == 'gfnet_ti' else (1, 1, 1, 1)
+    model = timm.create_model(name, img_size=size, dynamic_img_pad=True, depth=depth).eval()
+    stages = [model.blocks] if name == 'gfnet_ti' else [s.blocks for s in model.stages]
+    assert [{blk.filter.grid_size for blk in blocks} for blocks in stages] == [{g} for g in grids]
+    assert model.pos_embed.shape[1] == grids[0][0] * grids[0][1]
+    x = torch.randn(2, 3, *size)
+    by_hand = _by_hand_isotropic if name == 'gfnet_ti' else _by_hand_pyramid
+    with torch.no_grad():
+        # measured: up to 2e-7 for the pyramid (its residual stream is stored channels-last, by hand it is a permuted
+        # view: another summation order in the kernels), bit-identical for the isotropic models
+        torch.testing.assert_close(model(x), by_hand(model, x), rtol=0, atol=1e-6)
+    with pytest.raises(AssertionError, match=rf"^Input height \(224\) doesn't match model \({size[0]}\)"):
+        model(torch.randn(1, 3, 224, 224))
+
+
+def test_set_input_size_is_all_or_nothing():
+    """A size too small for the model's stages is refused before anything changes: the model still takes its old
+    size, with the same weights."""
+    model = timm.create_model('gfnet_h_ti', depth=(1, 1, 1, 1)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r'^set_input_size\(16, 16\): too small for GFNetPyramid; take at least '
+                                         r'32x32 \(its largest stride\)\.$'):
+        model.set_input_size(16)
+    for bad in (0, -3, 3.5, (224,), 'x'):
+        with pytest.raises(ValueError, match=r'^img_size takes one or two positive integers'):
+            model.set_input_size(bad)
+    assert model.patch_embed.img_size == (224, 224)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+# ---- property-based fuzzing: every case either gives finite logits, or the error the documented rules predict
+
+# stable in CI: the same examples every run, no example database, no timing-based failures
+SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = {
+    'iso': ('gfnet_ti', dict(depth=1, embed_dim=16), 16, 16),  # name, args, patch, largest stride
+    'pyr': ('gfnet_h_ti', dict(depth=(1, 1, 1, 1), embed_dim=(8, 8, 16, 16)), 4, 32),
+}
+
+
+def budget(ci: int, slow: int):
+    return pytest.mark.parametrize('examples', [ci, pytest.param(slow, marks=pytest.mark.slow)], ids=['ci', 'slow'])
+
+
+@pytest.fixture(scope='module')
+def fuzz_models():
+    """One dynamic-size model per family, padding and channel count (built once: the cases only vary inputs)."""
+    torch.manual_seed(0)
+    return {(kind, pad, c): timm.create_model(name, num_classes=5, in_chans=c, dynamic_img_size=True,
+                                              dynamic_img_pad=pad, **args).eval()
+            for kind, (name, args, _, _) in FUZZ.items() for pad in (False, True) for c in (1, 3, 4)}
+
+
+@budget(50, 500)
+def test_models_any_size(examples, fuzz_models):
+    """Dynamic-size models over random sizes: valid sizes give finite logits that are the same image by image and
+    for both filter backends; the others exactly the error the rules give (PatchEmbed's for a partial patch, ours for
+    an image smaller than the largest stride)."""
+    @settings(max_examples=examples, **SETTINGS)
+    @given(kind=st.sampled_from(list(FUZZ)), B=st.integers(1, 2), in_chans=st.sampled_from([1, 3, 4]),
+           H=st.integers(1, 72), W=st.integers(1, 72), pad=st.booleans())
+    def check(kind, B, in_chans, H, W, pad):
+        _, _, patch, stride = FUZZ[kind]
+        model = fuzz_models[(kind, pad, in_chans)]
+        x = torch.randn(B, in_chans, H, W)
+        with torch.no_grad():
+            # smaller than a largest stride beyond the patch: ours (checked first); a partial patch: PatchEmbed's
+            if not pad and min(H, W) < stride and stride > patch:
+                with pytest.raises(ValueError, match=rf'^GFNet takes images of at least {stride}x{stride} '):
+                    model(x)
+            elif not pad and (H % patch or W % patch):
+                with pytest.raises(AssertionError, match=r'should be divisible by patch size'):
+                    model(x)
+            else:
+                outs = []
+                for backend in ('fft', 'matmul'):
+                    set_filter_backend(model, backend)
+                    outs.append(model(x))
+                    torch.testing.assert_close(model(x[-1:]), outs[-1][-1:], rtol=1e-4, atol=1e-5)
+                assert outs[0].shape == (B, 5) and torch.isfinite(outs[0]).all()
+                torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+    check()
+
+
+def _expected_error(shape: list, dtype: torch.dtype) -> str:
+    """The documented order of the input checks, as a spec independent of the code."""
+    if len(shape) != 4:
+        return 'GFNet takes a (B, C, H, W) batch of images'
+    if shape[1] != 3:
+        return 'GFNet was created with in_chans=3'
+    if not dtype.is_floating_point:
+        return 'GFNet takes floating-point images'
+    if 0 in shape[2:]:
+        return 'GFNet takes images of at least 1x1'
+    return ''
+
+
+@budget(100, 1000)
+def test_models_any_tensor(examples, fuzz_models):
+    """Any rank, size (including zero) and dtype: finite logits (an empty batch gives an empty output, as nn.Linear
+    does), or the ValueError the rules predict."""
+    @settings(max_examples=examples, **SETTINGS)
+    # half of the draws a float (B, 3, H, W) batch, so that the deeper checks and the valid cases are reached
+    @given(kind=st.sampled_from(list(FUZZ)), channels_right=st.booleans(),
+           shape=st.lists(st.integers(0, 6), min_size=4, max_size=4) | st.lists(st.integers(0, 6), max_size=5),
+           dtype=st.just(torch.float32) | st.sampled_from([torch.uint8, torch.int64, torch.bool]))
+    def check(kind, channels_right, shape, dtype):
+        if channels_right and len(shape) > 1:
+            shape[1] = 3
+        x = torch.zeros(shape).to(dtype)
+        expected = _expected_error(shape, dtype)
+        model = fuzz_models[(kind, True, 3)]
+        with torch.no_grad():
+            if expected:
+                with pytest.raises(ValueError, match=f'^{re.escape(expected)}'):
+                    model(x)
+            else:
+                out = model(x)
+                assert out.shape == (shape[0], 5) and torch.isfinite(out).all()
+
+    check()

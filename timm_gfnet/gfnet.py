@@ -35,8 +35,16 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint,
+    checkpoint_seq,
+    generate_default_cfgs,
+    named_apply,
+    register_model,
+)
 from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import init_weights_vit_timm
 
 from . import flops  # noqa: F401  (FlopCounterMode counts the FFTs once the model family is loaded)
 from .checkpoint import check_weights, load_pretrained, unwrap_state_dict
@@ -106,24 +114,23 @@ class GFNetStage(nn.Module):
             grid_size: Tuple[int, int],
             downsample: bool = True,
             dynamic_img_pad: bool = False,
-            drop_path: Optional[List[float]] = None,
+            drop_path: Tuple[float, ...] = (),
             **block_kwargs,
     ):
         super().__init__()
         dd = {'device': block_kwargs.get('device'), 'dtype': block_kwargs.get('dtype')}
         self.grad_checkpointing = False
         self.downsample = Downsample(dim, dim_out, pad=dynamic_img_pad, **dd) if downsample else nn.Identity()
-        drop_path = drop_path or [0.] * depth
+        drop_path = drop_path or (0.,) * depth
         self.blocks = nn.Sequential(*[
             Block(dim_out, grid_size, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        for blk in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
-            else:
-                x = blk(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
         return x
 
 
@@ -157,47 +164,10 @@ def _check_args(global_pool: str, output_stride: Optional[int], stride: int) -> 
                          f'{stride} (no dilation); pass output_stride={stride} or leave it out.')
 
 
-def _halve(grid: Tuple[int, int], pad: bool) -> Tuple[int, int]:
-    """The grid after a 2x2 stride-2 conv: rounded up when odd grids are padded (dynamic_img_pad), else down."""
-    return ((grid[0] + 1) // 2, (grid[1] + 1) // 2) if pad else (grid[0] // 2, grid[1] // 2)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def _set_input_size(model: nn.Module, img_size: Union[int, Tuple[int, int]], stage_grids: Callable) -> None:
-    """Resample pos_embed and every filter (bicubic, as at load) to the token grids of `img_size`; all or nothing."""
-    pe = model.patch_embed
-    size = to_2tuple(img_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
-    grid = pe.dynamic_feat_size(size)
-    filters = [(blk.filter, g) for blocks, g in stage_grids(grid) for blk in blocks]
-    if min(min(g) for _, g in filters + [(None, grid)]) < 1:
-        stride = model.feature_info[-1]['reduction']
-        raise ValueError(f'set_input_size({size[0]}, {size[1]}): too small for {type(model).__name__}; take at least '
-                         f'{stride}x{stride} (its largest stride).')
-    with torch.no_grad():  # every new tensor first, then the swap: nothing half-changed if one of them fails
-        pos_embed = resample_abs_pos_embed(model.pos_embed, grid, model.grid_size, num_prefix_tokens=0,
-                                           antialias=False)
-        weights = [resample_filter(f.complex_weight, g, mode='bicubic') for f, g in filters]
-    pe.set_input_size(img_size=size)
-    model.grid_size = grid
-    model.pos_embed = nn.Parameter(pos_embed, requires_grad=model.pos_embed.requires_grad)
-    for (filt, g), weight in zip(filters, weights):
-        filt.complex_weight = nn.Parameter(weight, requires_grad=filt.complex_weight.requires_grad)
-        filt.grid_size = g
-    if hasattr(model, 'pretrained_cfg'):  # what timm's data config and save_for_hf read (timm < 1.0.31)
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *size))
-    try:  # timm >= 1.0.31 keeps the input size in the model's traits, as ViT's set_input_size does
-        from timm.models._input import update_model_input_size
-        update_model_input_size(model, size)
-    except ImportError:
-        pass
+def _grid(img_size: Tuple[int, int], stride: int, pad: bool) -> Tuple[int, int]:
+    """The token grid of a stage at `stride`, as PatchEmbed's dynamic_feat_size at the patch stride: partial tokens
+    count when padded (dynamic_img_pad: each 2x2 stride-2 conv rounds up), else are dropped (rounds down)."""
+    return tuple(-(-s // stride) if pad else s // stride for s in img_size)
 
 
 def _architecture_args(model: nn.Module, embed_dim: Any, depth: Any, mlp: nn.Module) -> Dict[str, Any]:
@@ -208,10 +178,92 @@ def _architecture_args(model: nn.Module, embed_dim: Any, depth: Any, mlp: nn.Mod
         dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, embed_dim=embed_dim, depth=depth)
 
 
-class GFNet(nn.Module):
+class _GFNetCommon(nn.Module):
+    """The methods both models share word for word: position embedding, classifier, resizing and timm's API around
+    them. No construction here: each model builds itself in its own __init__."""
+    output_fmt: str = 'NHWC'
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=.02)
+        named_apply(init_weights_vit_timm, self)
+
+    load_pretrained = load_pretrained  # timm's custom_load: the authors' training checkpoints, read safely
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed'}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            _check_args(global_pool, None, 0)  # before anything changes
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        dd = {'device': self.pos_embed.device, 'dtype': self.pos_embed.dtype}
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input resolution: pos_embed and every filter are resampled (bicubic) to their new token grids,
+        as `create_model(..., img_size=...)` does from a checkpoint. All or nothing."""
+        if img_size is None:
+            return
+        size = to_2tuple(img_size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ValueError(f'img_size takes one or two positive integers (H, W), got {img_size!r}.')
+        pad = self.patch_embed.dynamic_img_pad
+        grid = self.patch_embed.dynamic_feat_size(size)
+        # each filter at its stage's stride (feature_info names the module each stride starts with)
+        filters = [(m, _grid(size, info['reduction'], pad)) for name, m in self.named_modules()
+                   if isinstance(m, GlobalFilter)
+                   for info in self.feature_info if name.startswith(info['module'] + '.')]
+        if min(min(g) for _, g in filters + [(None, grid)]) < 1:
+            stride = self.feature_info[-1]['reduction']
+            raise ValueError(f'set_input_size({size[0]}, {size[1]}): too small for {type(self).__name__}; take at '
+                             f'least {stride}x{stride} (its largest stride).')
+        with torch.no_grad():  # every new tensor first, then the swap: nothing half-changed if one of them fails
+            pos_embed = resample_abs_pos_embed(self.pos_embed, grid, self.grid_size, num_prefix_tokens=0,
+                                               antialias=False)
+            weights = [resample_filter(f.complex_weight, g, mode='bicubic') for f, g in filters]
+        self.patch_embed.set_input_size(img_size=size)
+        self.grid_size = grid
+        self.pos_embed = nn.Parameter(pos_embed, requires_grad=self.pos_embed.requires_grad)
+        for (filt, g), weight in zip(filters, weights):
+            filt.complex_weight = nn.Parameter(weight, requires_grad=filt.complex_weight.requires_grad)
+            filt.grid_size = g
+        if hasattr(self, 'pretrained_cfg'):  # what timm's data config and save_for_hf read (timm < 1.0.31)
+            self.pretrained_cfg = dict(self.pretrained_cfg, input_size=(self.in_chans, *size))
+        try:  # timm >= 1.0.31 keeps the input size in the model's traits, as ViT's set_input_size does
+            from timm.models._input import update_model_input_size
+            update_model_input_size(self, size)
+        except ImportError:
+            pass
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        pos_embed = self.pos_embed
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
+        # contiguous channels-last: the stem conv gives a permuted view, and a residual stream stored channels-first
+        # makes every add and LayerNorm of every block copy (about a tenth of the bf16 time)
+        return self.pos_drop((x + pos_embed.reshape(1, H, W, C)).contiguous())
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+class GFNet(_GFNetCommon):
     """Isotropic GFNet: patch embedding + learned position embedding, a stack of global filter blocks.
     Features are channels-last (NHWC)."""
-    output_fmt: str = 'NHWC'
 
     def __init__(
             self,
@@ -246,53 +298,27 @@ class GFNet(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dim
         self.dynamic_img_size = dynamic_img_size
+        self.min_img_size = 1  # sizes that do not fit the patches are PatchEmbed's own error
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            output_fmt='NHWC',
-            strict_img_size=not dynamic_img_size,
-            dynamic_img_pad=dynamic_img_pad,
-            **dd,
-        )
+            img_size, patch_size, in_chans, embed_dim, output_fmt='NHWC', strict_img_size=not dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad, **dd)
         # with dynamic_img_pad a partial patch is a token too
         self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.Sequential(*[
-            Block(
-                embed_dim,
-                self.grid_size,
-                mlp_ratio=mlp_ratio,
-                init_values=init_values,
-                proj_drop=proj_drop_rate,
-                drop_path=dpr[i],
-                dynamic_size=dynamic_img_size,
-                filter_backend=filter_backend,
-                act_layer=act_layer or nn.GELU,
-                norm_layer=norm_layer,
-                **dd,
-            ) for i in range(depth)])
+        self.blocks = nn.Sequential(*[Block(
+            embed_dim, self.grid_size, mlp_ratio=mlp_ratio, init_values=init_values, proj_drop=proj_drop_rate,
+            drop_path=dpr[i], dynamic_size=dynamic_img_size, filter_backend=filter_backend,
+            act_layer=act_layer or nn.GELU, norm_layer=norm_layer, **dd) for i in range(depth)])
         r = self.patch_embed.feat_ratio()
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
         self.norm = norm_layer(embed_dim, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
-
-    def init_weights(self) -> None:
-        trunc_normal_(self.pos_embed, std=.02)
-        self.apply(_init_weights)
-
-    load_pretrained = load_pretrained  # timm's custom_load: the authors' training checkpoints, read safely
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -303,37 +329,9 @@ class GFNet(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            _check_args(global_pool, None, 0)  # before anything changes
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.pos_embed
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 \
-            else nn.Identity()
-
-    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
-        """Change the input resolution: pos_embed and every filter are resampled (bicubic) to the new token grid,
-        as `create_model(..., img_size=...)` does from a checkpoint."""
-        if img_size is not None:
-            _set_input_size(self, img_size, lambda grid: [(self.blocks, grid)])
-
-    @torch.jit.ignore
     def architecture_args(self) -> Dict[str, Any]:
         """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
         return _architecture_args(self, self.num_features, len(self.blocks), self.blocks[0].mlp)
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        pos_embed = self.pos_embed
-        if self.dynamic_img_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
-        # contiguous channels-last: the stem conv gives a permuted view, and a residual stream stored channels-first
-        # makes every add and LayerNorm of every block copy (about a tenth of the bf16 time)
-        return self.pos_drop((x + pos_embed.reshape(1, H, W, C)).contiguous())
 
     def forward_intermediates(
             self,
@@ -356,7 +354,7 @@ class GFNet(nn.Module):
         """
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, 1)))
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, blk in enumerate(blocks):
@@ -387,29 +385,17 @@ class GFNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, 1)))
-        for blk in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
-            else:
-                x = blk(x)
+        x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
-
-
-class GFNetPyramid(nn.Module):
+class GFNetPyramid(_GFNetCommon):
     """Hierarchical GFNet: a 4x4 patch stem, then four stages of global filter blocks with layer scale,
     joined by 2x2 stride-2 convs (strides 4, 8, 16, 32). Features are channels-last (NHWC)."""
-    output_fmt: str = 'NHWC'
 
     def __init__(
             self,
@@ -449,69 +435,34 @@ class GFNetPyramid(nn.Module):
         self.min_img_size = 1 if dynamic_img_pad else patch_size * 2 ** (num_stages - 1)
 
         self.patch_embed = PatchEmbed(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim[0],
-            output_fmt='NHWC',
-            strict_img_size=not dynamic_img_size,
-            dynamic_img_pad=dynamic_img_pad,
-            **dd,
-        )
+            img_size, patch_size, in_chans, embed_dim[0], output_fmt='NHWC', strict_img_size=not dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad, **dd)
         self.grid_size = self.patch_embed.dynamic_feat_size(self.patch_embed.img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim[0], **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         # stochastic depth rises linearly over all blocks of all stages, as the authors do
-        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)  # rising per block, by stage
-        grid = self.grid_size
-        stages = []
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)
         self.feature_info = []
+        stages = []
         for i in range(num_stages):
+            stride = patch_size * 2 ** i
+            grid = _grid(self.patch_embed.img_size, stride, dynamic_img_pad)
             stages.append(GFNetStage(
-                embed_dim[max(i - 1, 0)],
-                embed_dim[i],
-                depth[i],
-                grid,
-                downsample=i > 0,
-                dynamic_img_pad=dynamic_img_pad,
-                drop_path=dpr[i],
-                mlp_ratio=mlp_ratio,
-                init_values=init_values,
-                proj_drop=proj_drop_rate,
-                dynamic_size=dynamic_img_size,
-                filter_backend=filter_backend,
-                act_layer=act_layer or nn.GELU,
-                norm_layer=norm_layer,
-                **dd,
-            ))
-            self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=patch_size * 2 ** i))
-            grid = _halve(grid, dynamic_img_pad)
+                embed_dim[max(i - 1, 0)], embed_dim[i], depth[i], grid, downsample=i > 0,
+                dynamic_img_pad=dynamic_img_pad, drop_path=dpr[i], mlp_ratio=mlp_ratio, init_values=init_values,
+                proj_drop=proj_drop_rate, dynamic_size=dynamic_img_size, filter_backend=filter_backend,
+                act_layer=act_layer or nn.GELU, norm_layer=norm_layer, **dd))
+            self.feature_info.append(dict(module=f'stages.{i}', num_chs=embed_dim[i], reduction=stride))
         self.stages = nn.Sequential(*stages)
         self.norm = norm_layer(embed_dim[-1], **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    def init_weights(self) -> None:
-        trunc_normal_(self.pos_embed, std=.02)
-        self.apply(_init_weights)
-
-    load_pretrained = load_pretrained  # timm's custom_load: the authors' training checkpoints, read safely
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed'}
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^pos_embed|patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
+        blocks = [(r'^stages\.(\d+)\.downsample', (0,)), (r'^stages\.(\d+)\.blocks\.(\d+)', None), (r'^norm', (99999,))]
+        return dict(stem=r'^pos_embed|patch_embed', blocks=r'^stages\.(\d+)' if coarse else blocks)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -519,48 +470,10 @@ class GFNetPyramid(nn.Module):
             s.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            _check_args(global_pool, None, 0)  # before anything changes
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        w = self.pos_embed
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 \
-            else nn.Identity()
-
-    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
-        """Change the input resolution: pos_embed and every stage's filters are resampled (bicubic) to their new
-        token grids, as `create_model(..., img_size=...)` does from a checkpoint."""
-        if img_size is None:
-            return
-
-        def stage_grids(grid):
-            pad = self.patch_embed.dynamic_img_pad
-            out = []
-            for i, stage in enumerate(self.stages):
-                grid = _halve(grid, pad) if i else grid
-                out.append((stage.blocks, grid))
-            return out
-
-        _set_input_size(self, img_size, stage_grids)
-
-    @torch.jit.ignore
     def architecture_args(self) -> Dict[str, Any]:
         """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
         return _architecture_args(self, [f['num_chs'] for f in self.feature_info],
                                   [len(s.blocks) for s in self.stages], self.stages[0].blocks[0].mlp)
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        pos_embed = self.pos_embed
-        if self.dynamic_img_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0, antialias=False)
-        # contiguous channels-last: the stem conv gives a permuted view, and a residual stream stored channels-first
-        # makes every add and LayerNorm of every block copy (about a tenth of the bf16 time)
-        return self.pos_drop((x + pos_embed.reshape(1, H, W, C)).contiguous())
 
     def forward_intermediates(
             self,
@@ -620,16 +533,6 @@ class GFNetPyramid(nn.Module):
         x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         x = self.stages(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def _authors_to_timm_key(k: str) -> str:
@@ -691,13 +594,8 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
         # "model" ones the authors publish; ours reads every format timm does, and those as the authors meant
         kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
     return build_model_with_cfg(
-        GFNetPyramid if hierarchical else GFNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+        GFNetPyramid if hierarchical else GFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
