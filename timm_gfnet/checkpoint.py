@@ -334,8 +334,9 @@ def load_model(
         config_file = path / 'config.json'
         architecture = json.loads(config_file.read_text()).get('architecture') if config_file.is_file() else None
         if architecture not in gfnets:
-            raise ValueError(f'{path} is not a GFNet folder ({config_file} names {architecture!r}): pass a folder '
-                             f'written by `timm-gfnet convert` or timm\'s save_for_hf, or a checkpoint file.')
+            what = f'describes {architecture!r}, not a GFNet' if config_file.is_file() else 'has no config.json'
+            raise ValueError(f'{path} {what}: pass a folder written by `timm-gfnet convert CKPT --out DIR` or timm\'s '
+                             f'save_for_hf, or a checkpoint file.')
         return timm.create_model(f'local-dir:{path}', pretrained=True, **kwargs)
     if not path.is_file():
         raise FileNotFoundError(
