@@ -95,6 +95,10 @@ def test_default_cfgs_and_head(name):
         torch.testing.assert_close(model(x), features)
     model.reset_classifier(7, 'avg')
     assert model(x).shape == (1, 7)
+    for bad in (-1, 2.5):  # refused before anything changes
+        with pytest.raises(ValueError, match=rf'^num_classes takes a whole number >= 0 .*got {bad}\.$'):
+            model.reset_classifier(bad)
+    assert model.num_classes == 7 and model(x).shape == (1, 7)
 
     state_dict = model.state_dict()
     assert cfg['classifier'] + '.weight' in state_dict and cfg['first_conv'] + '.weight' in state_dict

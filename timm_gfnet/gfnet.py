@@ -198,6 +198,8 @@ class _GFNetCommon(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f'num_classes takes a whole number >= 0 (0: no classifier), got {num_classes!r}.')
         if global_pool is not None:
             _check_args(global_pool, None, 0)  # before anything changes
             self.global_pool = global_pool
@@ -589,10 +591,11 @@ def _create_gfnet(variant: str, pretrained: bool = False, **kwargs) -> Union[GFN
     default_out_indices = (0, 1, 2, 3) if hierarchical else tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
     out_indices = kwargs.pop('out_indices', default_out_indices)
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
-    if overlay.get('file'):
-        # timm reads a file overlay with its own loader, which takes a training checkpoint's EMA weights over the
-        # "model" ones the authors publish; ours reads every format timm does, and those as the authors meant
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    if any(overlay.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')):
+        # a source of the caller's: a file is read by ours (timm's loader takes a training checkpoint's EMA weights
+        # over the "model" ones the authors publish), the rest by timm's (timm < 1.0.31 would keep our custom_load)
+        custom_load = overlay.get('custom_load', bool(overlay.get('file')))
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=custom_load)
     return build_model_with_cfg(
         GFNetPyramid if hierarchical else GFNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
