@@ -6,6 +6,7 @@ to real DFT matrix products (`matmul`), so the graph holds only MatMul and eleme
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import onnxscript.optimizer
 import torch
 import torch.nn as nn
 
@@ -38,6 +39,9 @@ def export_onnx(model: nn.Module, out: Union[str, Path], opset: Optional[int] = 
         program = torch.onnx.export(
             model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=4096)},),
             opset_version=opset, input_names=['input'], output_names=['output'], external_data=False, verbose=False)
+    # fold constants of any size (torch folds those up to 8192 elements): the filters' real and imaginary parts become
+    # initializers of their own, which NNCF quantizes around (a Gather from one weight initializer stops it)
+    program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=2 ** 31, output_size_limit=2 ** 31)
     written = program.model.opset_imports['']
     if opset is not None and written != opset:  # torch would only log it
         raise ValueError(f'opset {opset}: the ONNX exporter could not write it (it made opset {written}); pass '
