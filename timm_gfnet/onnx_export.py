@@ -2,11 +2,12 @@
 
 The FFT ops of the authors' filter do not export (onnx/onnx#3573); under export the `auto` filter backend switches
 to real DFT matrix products (`matmul`), so the graph holds only MatMul and element-wise ops that every runtime has.
+The DFT matrices and the filters' real and imaginary parts are initializers of their own, each a MatMul's right
+operand or a Mul's: what NNCF's `quantize` takes with its defaults (int8 for OpenVINO).
 """
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import onnxscript.optimizer
 import torch
 import torch.nn as nn
 
@@ -26,6 +27,8 @@ def export_onnx(model: nn.Module, out: Union[str, Path], opset: Optional[int] = 
     for another one). A model created with dynamic_img_size=True is still exported at that one size: the filter and
     position-embedding resampling is specialised to it.
     """
+    import onnxscript.optimizer
+
     if opset is not None and opset < 18:  # torch's exporter writes 18 up; its conversion down fails on our graph
         raise ValueError(f'opset {opset}: the ONNX exporter writes opset 18 and newer; pass 18 or newer, or no opset '
                          f'for its default.')
