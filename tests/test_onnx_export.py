@@ -148,15 +148,15 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_int8_with_nncf_defaults_within_3e_2_of_f32(tmp_path):
     """The issue's target on the model it was measured on: gfnet_ti at 224, the authors' weight scale, NNCF's
-    defaults calibrated on 8 random images; OpenVINO compiles the result. Bound: 2.3e-2 measured on 16 images (Xeon
-    with AMX-INT8, OpenVINO 2026.4): per-channel int8 weights and per-tensor int8 activations over 256 channels
-    leave about 1% rounding noise per layer, which the residual stream does not compound; same top-1."""
+    defaults calibrated on 8 random images; OpenVINO compiles the result. Bound: 2.3e-2 here, on 16 other images
+    (Xeon with AMX-INT8, OpenVINO 2026.4), and gfnet_s 2.5e-2 (docs/export.md): int8 rounding of 256-channel
+    activations per tensor and weights per channel, 23% headroom; same top-1 on all 16."""
     model = timm.create_model('gfnet_ti').eval()
     model.load_state_dict(checkpoint_filter_fn(authors_state_dict('gfnet_ti'), model))
     path = export_onnx(model, tmp_path / 'ti.onnx')
     _assert_nncf_ready(path)
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([input_batch(), torch.randn(4, 3, 224, 224, generator=g)])
+    x = torch.cat([input_batch(), torch.randn(14, 3, 224, 224, generator=g)])
     got = _int8(path, torch.randn(8, 3, 224, 224, generator=g), x)
     with torch.no_grad():
         ref = model(x).numpy()
