@@ -8,8 +8,9 @@ import timm
 import torch
 from timm.models import save_for_hf
 
-from reference import authors_state_dict, write_authors_checkpoint
+from reference import authors_state_dict, input_batch, write_authors_checkpoint
 from timm_gfnet.cli import main
+from timm_gfnet.gfnet import checkpoint_filter_fn
 from timm_gfnet.onnx_export import check_openvino, export_onnx
 
 
@@ -116,3 +117,63 @@ def test_openvino_runs_the_export_and_says_what_its_default_precision_does(tmp_p
     assert info['default_precision'] == default and info['f32_max_abs_diff'] < 1e-4
     # f32 by default: the same numbers; a lower precision (bf16 on CPUs with bf16 units) moves them, measurably
     assert (info['default_max_abs_diff'] < 1e-4) == (default == 'f32')
+
+
+
+def _assert_nncf_ready(path) -> None:
+    """What NNCF needs to scale constants: no Gather picking the filter's real / imaginary parts out of one weight
+    initializer (its quantize raises a KeyError on them), and every MatMul's constant on the right (a constant left
+    operand gets per-row scales, which OpenVINO's CPU plugin refuses to compile)."""
+    graph = onnx.load(str(path)).graph
+    consts = {i.name for i in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == 'Gather' and n.input[0] in consts]
+    matmuls = [n for n in graph.node if n.op_type == 'MatMul']
+    assert matmuls and not [n.name for n in matmuls if n.input[0] in consts]
+    assert all(n.input[1] in consts for n in matmuls)  # the DFT matrices too: constants, not a Sin / Cos subgraph
+
+
+def _int8(path, calib: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """NNCF's defaults on OpenVINO's reading of the file, compiled for the CPU: the int8 logits of `x`."""
+    nncf = pytest.importorskip('nncf')
+    import openvino as ov
+
+    core = ov.Core()
+    int8 = nncf.quantize(core.read_model(str(path)), nncf.Dataset([c[None].numpy() for c in calib]))
+    return core.compile_model(int8, 'CPU')(x.numpy())[0]
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_int8_with_nncf_defaults_within_3e_2_of_f32(tmp_path):
+    """The issue's target on the model it was measured on: gfnet_ti at 224, the authors' weight scale, NNCF's
+    defaults calibrated on 8 random images; OpenVINO compiles the result. Bound: 2.3e-2 here, on 16 other images
+    (Xeon with AMX-INT8, OpenVINO 2026.4), and gfnet_s 2.5e-2 (docs/export.md): int8 rounding of 256-channel
+    activations per tensor and weights per channel, 23% headroom; same top-1 on all 16."""
+    model = timm.create_model('gfnet_ti').eval()
+    model.load_state_dict(checkpoint_filter_fn(authors_state_dict('gfnet_ti'), model))
+    path = export_onnx(model, tmp_path / 'ti.onnx')
+    _assert_nncf_ready(path)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([input_batch(), torch.randn(14, 3, 224, 224, generator=g)])
+    got = _int8(path, torch.randn(8, 3, 224, 224, generator=g), x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel_l2(got, ref) < 3e-2 and (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_hierarchical_export_is_what_nncf_quantizes(tmp_path):
+    """The same for the hierarchical family (downsampling layers, four filter sizes), small. Bound: 8-32 channels and
+    logits near 0.02 are too few and too small for int8 rounding noise to average out (2-12e-2 over seeds, mostly
+    from the MLPs: leaving the filter's products in float32 changes it little); 0.25 still fails wrong scales (~1)."""
+    torch.manual_seed(0)
+    model = timm.create_model('gfnet_h_ti', **TINY['gfnet_h_ti']).eval()
+    path = export_onnx(model, tmp_path / 'h_ti.onnx')
+    _assert_nncf_ready(path)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    got = _int8(path, torch.randn(8, 3, 64, 64, generator=g), x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert got.shape == ref.shape and _rel_l2(got, ref) < 0.25

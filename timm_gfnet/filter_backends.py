@@ -134,15 +134,20 @@ def clear_filter_caches() -> None:
     _cached_dft_matrices.cache_clear()
 
 
-def _along(m: torch.Tensor, t: torch.Tensor, pre: int, n: int, post: int) -> torch.Tensor:
-    """Matrix `m` (k, n) applied along the middle axis of `t` viewed as (pre, n, post): no transposes, no copies."""
+def _along(m: torch.Tensor, t: torch.Tensor, pre: int, n: int, post: int, right: bool = False) -> torch.Tensor:
+    """Matrix `m` (k, n) applied along the middle axis of `t` viewed as (pre, n, post): as the left operand, no
+    transposes, no copies; or (`right`, for export) as the right operand between transposes of `t`: NNCF scales a
+    constant operand per output channel, which OpenVINO's CPU plugin compiles for the right operand only."""
     if post == 1:
         return torch.matmul(t.reshape(pre, n), m.t())  # one product, not pre matrix-vector products
+    if right:
+        return torch.matmul(t.reshape(pre, n, post).transpose(1, 2), m.t()).transpose(1, 2)
     return torch.matmul(m, t.reshape(pre, n, post))
 
 
-def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tensor], channels_last: bool):
-    """The global filter as products with the matrices of `_dft_matrices`, in their dtype."""
+def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tensor], channels_last: bool,
+                   right: bool = False):
+    """The global filter as products with the matrices of `_dft_matrices`, in their dtype (`right`: see `_along`)."""
     rank = weight.dim() - 2
     shape = list(x.shape)
     lead = 1 if channels_last else 2  # batch (and channel) axes before the grid
@@ -152,11 +157,11 @@ def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tenso
     tail = shape[-1] if channels_last else 1
     rows = x.numel() // (size[-1] * tail)  # lines along the last axis (0 for an empty batch)
     # the real DFT of the last axis, then the other axes innermost first: each moves the real/imag axis one step out
-    z = _along(mats[0], x.to(mats[0].dtype), rows, size[-1], tail)
+    z = _along(mats[0], x.to(mats[0].dtype), rows, size[-1], tail, right)
     before, after = rows, wf * tail
     for k in range(rank - 2, -1, -1):
         before = before // outer[k]
-        z = _along(mats[2 + k], z, before, 2 * outer[k], after)
+        z = _along(mats[2 + k], z, before, 2 * outer[k], after, right)
         after = after * outer[k]
     # the spectrum as (lead, real/imag, *spectrum, tail), the filter as (real/imag, *spectrum, C) or (C, real/imag, ..)
     z = z.reshape(shape[:lead] + [2] + outer + [wf] + shape[lead + rank:])
@@ -168,10 +173,10 @@ def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tenso
     y = torch.stack((zr * wr - zi * wi, zr * wi + zi * wr), lead)
     for k in range(rank - 1):
         after = after // outer[k]
-        y = _along(mats[2 + k].t(), y, before, 2 * outer[k], after)
+        y = _along(mats[2 + k].t(), y, before, 2 * outer[k], after, right)
         before = before * outer[k]
     # the c2r inverse last: it drops what is left of the imaginary parts
-    return _along(mats[1], y, rows, 2 * wf, tail).reshape(shape).to(x.dtype)
+    return _along(mats[1], y, rows, 2 * wf, tail, right).reshape(shape).to(x.dtype)
 
 
 def _global_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_last: bool) -> torch.Tensor:
@@ -200,4 +205,4 @@ def _eager_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_
         mats = _dft_matrices(size, x.device, dtype, dtype == torch.float64)
     else:
         mats = _cached_dft_matrices(tuple(size), x.device, dtype)
-    return _matmul_filter(x, weight, mats, channels_last)
+    return _matmul_filter(x, weight, mats, channels_last, torch.compiler.is_exporting())

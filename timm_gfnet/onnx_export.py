@@ -2,6 +2,8 @@
 
 The FFT ops of the authors' filter do not export (onnx/onnx#3573); under export the `auto` filter backend switches
 to real DFT matrix products (`matmul`), so the graph holds only MatMul and element-wise ops that every runtime has.
+The DFT matrices and the filters' real and imaginary parts are initializers of their own, each a MatMul's right
+operand or a Mul's: what NNCF's `quantize` takes with its defaults (int8 for OpenVINO).
 """
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -25,6 +27,8 @@ def export_onnx(model: nn.Module, out: Union[str, Path], opset: Optional[int] = 
     for another one). A model created with dynamic_img_size=True is still exported at that one size: the filter and
     position-embedding resampling is specialised to it.
     """
+    import onnxscript.optimizer
+
     if opset is not None and opset < 18:  # torch's exporter writes 18 up; its conversion down fails on our graph
         raise ValueError(f'opset {opset}: the ONNX exporter writes opset 18 and newer; pass 18 or newer, or no opset '
                          f'for its default.')
@@ -38,6 +42,9 @@ def export_onnx(model: nn.Module, out: Union[str, Path], opset: Optional[int] = 
         program = torch.onnx.export(
             model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=4096)},),
             opset_version=opset, input_names=['input'], output_names=['output'], external_data=False, verbose=False)
+    # fold constants of any size (torch folds those up to 8192 elements): the filters' real and imaginary parts become
+    # initializers of their own, which NNCF quantizes around (a Gather from one weight initializer stops it)
+    program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=2 ** 31, output_size_limit=2 ** 31)
     written = program.model.opset_imports['']
     if opset is not None and written != opset:  # torch would only log it
         raise ValueError(f'opset {opset}: the ONNX exporter could not write it (it made opset {written}); pass '
