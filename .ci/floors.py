@@ -1,7 +1,7 @@
 """Print the lowest versions pyproject.toml declares as pip constraints (`name==floor`): what CI installs to test
 the floors, the way a resolver choosing the lowest direct versions would.
 
-`python .ci/floors.py` pins every floor: the runtime dependencies, the `onnx`, `plot` and `openvino` extras, and the
+`python .ci/floors.py` pins every floor: the runtime dependencies, the `onnx`, `plot`, `openvino` and `int8` extras, and the
 clients of the test extra (transformers); the test tools themselves (pytest, ruff, ...) are left to the resolver.
 `python .ci/floors.py torch timm` pins only those (and torchvision for torch): the install a user gets whose timm and
 torch are pinned low while pip takes the newest of everything else.
@@ -20,7 +20,7 @@ CLIENTS = ('transformers',)
 def floors(pyproject: Path) -> dict:
     project = tomllib.loads(pyproject.read_text())['project']
     extras = project['optional-dependencies']
-    texts = project['dependencies'] + extras['onnx'] + extras['plot'] + extras['openvino'] + [
+    texts = project['dependencies'] + extras['onnx'] + extras['plot'] + extras['openvino'] + extras['int8'] + [
         t for t in extras['test'] if Requirement(t).name in CLIENTS]
     out = {}
     for text in texts:
