@@ -1,8 +1,9 @@
 """Print the lowest versions pyproject.toml declares as pip constraints (`name==floor`): what CI installs to test
 the floors, the way a resolver choosing the lowest direct versions would.
 
-`python .ci/floors.py` pins every floor: the runtime dependencies, the `onnx`, `plot`, `openvino` and `int8` extras, and the
-clients of the test extra (transformers); the test tools themselves (pytest, ruff, ...) are left to the resolver.
+`python .ci/floors.py` pins every floor: the runtime dependencies, the `onnx`, `plot`, `openvino` and `int8` extras,
+and the clients of the test extra (transformers); the test tools themselves (pytest, ruff, ...) are left to the
+resolver.
 `python .ci/floors.py torch timm` pins only those (and torchvision for torch): the install a user gets whose timm and
 torch are pinned low while pip takes the newest of everything else.
 """
