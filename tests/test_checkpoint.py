@@ -209,7 +209,7 @@ def test_not_a_checkpoint(tmp_path):
         load_model(tmp_path / 'state.pth')
     with pytest.raises(FileNotFoundError, match=f'^No checkpoint file or folder at {tmp_path / "nowhere.pth"} '):
         load_model(tmp_path / 'nowhere.pth')
-    with pytest.raises(ValueError, match=f"^{tmp_path} is not a GFNet folder .* names None"):
+    with pytest.raises(ValueError, match=f"^{tmp_path} has no config.json: pass a folder written by"):
         load_model(tmp_path)
 
 
