@@ -17,7 +17,6 @@ authors' models (https://github.com/raoyongming/GFNet, MIT licence) compute. Act
 grid as it is.
 """
 import logging
-import re
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
@@ -47,7 +46,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from . import flops  # noqa: F401  (FlopCounterMode counts the FFTs once the model family is loaded)
-from .checkpoint import check_weights, load_pretrained, unwrap_state_dict
+from .checkpoint import _authors_to_timm_key, check_weights, checkpoint_grid, load_pretrained, unwrap_state_dict
 from .global_filter import GlobalFilter, resample_filter
 
 _logger = logging.getLogger(__name__)
@@ -535,22 +534,6 @@ class GFNetPyramid(_GFNetCommon):
         x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         x = self.stages(x)
         return self.norm(x)
-
-
-def _authors_to_timm_key(k: str) -> str:
-    """Key of the authors' GFNetPyramid state_dict -> ours (isotropic keys are the same in both)."""
-    k = re.sub(r'^patch_embed\.0\.', 'patch_embed.', k)
-    k = re.sub(r'^patch_embed\.(\d+)\.', r'stages.\1.downsample.', k)
-    return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
-
-
-def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int]:
-    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height, its
-    width what pos_embed's tokens leave."""
-    n = state_dict['pos_embed'].shape[1]
-    first = state_dict.get('blocks.0.filter.complex_weight', state_dict.get('stages.0.blocks.0.filter.complex_weight'))
-    h = first.shape[0] if first is not None else round(n ** 0.5)
-    return h, n // h
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
