@@ -169,14 +169,6 @@ def _grid(img_size: Tuple[int, int], stride: int, pad: bool) -> Tuple[int, int]:
     return tuple(-(-s // stride) if pad else s // stride for s in img_size)
 
 
-def _architecture_args(model: nn.Module, embed_dim: Any, depth: Any, mlp: nn.Module) -> Dict[str, Any]:
-    pe = model.patch_embed
-    return dict(
-        img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=model.in_chans,
-        global_pool=model.global_pool, mlp_ratio=mlp.fc1.out_features / mlp.fc1.in_features,
-        dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, embed_dim=embed_dim, depth=depth)
-
-
 class _GFNetCommon(nn.Module):
     """The methods both models share word for word: position embedding, classifier, resizing and timm's API around
     them. No construction here: each model builds itself in its own __init__."""
@@ -329,11 +321,6 @@ class GFNet(_GFNetCommon):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def architecture_args(self) -> Dict[str, Any]:
-        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
-        return _architecture_args(self, self.num_features, len(self.blocks), self.blocks[0].mlp)
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -469,12 +456,6 @@ class GFNetPyramid(_GFNetCommon):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
             s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def architecture_args(self) -> Dict[str, Any]:
-        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
-        return _architecture_args(self, [f['num_chs'] for f in self.feature_info],
-                                  [len(s.blocks) for s in self.stages], self.stages[0].blocks[0].mlp)
 
     def forward_intermediates(
             self,
