@@ -15,13 +15,13 @@ import json
 import re
 import shlex
 import textwrap
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
 
 import yaml
 
-from .atomic import write_text
+from .atomic import drift, write_generated
 
 __all__ = ['TASKS', 'RecipeDriftError', 'generate_recipe', 'write_recipes', 'check_recipes']
 
@@ -251,29 +251,18 @@ def generate_recipe(model: str, task: str = 'in1k') -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _paths(out_dir: Union[str, Path]) -> Dict[Path, Tuple[str, str]]:
-    """{path: (model, task)} of every recipe (7 models x 3 tasks) in `out_dir`."""
-    return {Path(out_dir) / f'{m}.{t}.yaml': (m, t) for m in _models() for t in TASKS}
+def _recipes(out_dir: Union[str, Path]) -> Dict[Path, Callable[[], str]]:
+    """{path: generator} of every recipe (7 models x 3 tasks) in `out_dir`."""
+    return {Path(out_dir) / f'{m}.{t}.yaml': partial(generate_recipe, m, t) for m in _models() for t in TASKS}
 
 
 def write_recipes(out_dir: Union[str, Path] = 'recipes') -> List[Path]:
     """Write every recipe (7 models x 3 tasks) to `out_dir`."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for path, (model, task) in _paths(out_dir).items():
-        write_text(path, generate_recipe(model, task))
-    return list(_paths(out_dir))
+    return write_generated(_recipes(out_dir))
 
 
 def check_recipes(out_dir: Union[str, Path] = 'recipes') -> List[str]:
     """Problems of the recipes in `out_dir` against the generator: 'NAME (missing)', '(out of date)', and
     '(no such recipe)' for stale files. Empty when everything is current."""
-    paths = _paths(out_dir)
-    problems = []
-    for path, (model, task) in paths.items():
-        if not path.is_file():
-            problems.append(f'{path.name} (missing)')
-        elif path.read_text(encoding='utf-8') != generate_recipe(model, task):
-            problems.append(f'{path.name} (out of date)')
-    if Path(out_dir).is_dir():
-        problems += [f'{p.name} (no such recipe)' for p in sorted(Path(out_dir).glob('*.yaml')) if p not in paths]
-    return problems
+    recipes = _recipes(out_dir)
+    return drift(recipes, [p for p in sorted(Path(out_dir).glob('*.yaml')) if p not in recipes], 'recipe')
