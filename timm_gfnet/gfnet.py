@@ -111,16 +111,15 @@ class GFNetStage(nn.Module):
             dim_out: int,
             depth: int,
             grid_size: Tuple[int, int],
+            drop_path: List[float],
             downsample: bool = True,
             dynamic_img_pad: bool = False,
-            drop_path: Tuple[float, ...] = (),
             **block_kwargs,
     ):
         super().__init__()
         dd = {'device': block_kwargs.get('device'), 'dtype': block_kwargs.get('dtype')}
         self.grad_checkpointing = False
         self.downsample = Downsample(dim, dim_out, pad=dynamic_img_pad, **dd) if downsample else nn.Identity()
-        drop_path = drop_path or (0.,) * depth
         self.blocks = nn.Sequential(*[
             Block(dim_out, grid_size, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 

@@ -129,7 +129,6 @@ def push_to_hub(
         revision: Optional[str] = None,
         create: bool = True,
         card: Optional[Union[str, Path]] = None,
-        commit_message: Optional[str] = None,
 ) -> Any:
     """Upload `source` (a model, a `local-dir:` folder or a checkpoint file) to the Hub repository `repo_id`.
 
@@ -154,8 +153,7 @@ def push_to_hub(
             export_for_hub(model, tmp, repo_id=repo_id, card=card)
             return api.upload_folder(
                 repo_id=repo_id, folder_path=tmp, revision=revision,
-                commit_message=commit_message or f'Add {model.pretrained_cfg["architecture"]} weights '
-                                                 f'(timm-gfnet {__version__})',
+                commit_message=f'Add {model.pretrained_cfg["architecture"]} weights (timm-gfnet {__version__})',
             )
     except HfHubHTTPError as e:  # one line with what the Hub said, where huggingface_hub's message has several
         if e.response is None:
