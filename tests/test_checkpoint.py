@@ -209,7 +209,7 @@ def test_not_a_checkpoint(tmp_path):
         load_model(tmp_path / 'state.pth')
     with pytest.raises(FileNotFoundError, match=f'^No checkpoint file or folder at {tmp_path / "nowhere.pth"} '):
         load_model(tmp_path / 'nowhere.pth')
-    with pytest.raises(ValueError, match=f"^{tmp_path} has no config.json: pass a folder written by"):
+    with pytest.raises(ValueError, match=f'^{tmp_path} has no config.json: pass a folder written by'):
         load_model(tmp_path)
 
 
@@ -478,7 +478,7 @@ def ft384(tmp_path_factory) -> Path:
 
 
 def _equal(model: torch.nn.Module, sd: dict) -> bool:
-    from timm_gfnet.gfnet import _authors_to_timm_key
+    from timm_gfnet.checkpoint import _authors_to_timm_key
     sd = {_authors_to_timm_key(k): v for k, v in sd.items()}
     state = model.state_dict()
     return sorted(state) == sorted(sd) and all(torch.equal(state[k], v) for k, v in sd.items())

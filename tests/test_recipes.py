@@ -259,15 +259,20 @@ def test_committed_recipes_are_what_the_generator_writes():
     assert check_recipes(RECIPES) == []
 
 
-def test_check_reports_missing_stale_and_edited(tmp_path):
+def test_check_reports_missing_stale_and_edited(tmp_path, capsys):
     assert main(['recipe', '--all', '--out', str(tmp_path)]) == 0
-    assert check_recipes(tmp_path) == []
+    assert main(['recipe', '--check', '--out', str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith(f'recipes in {tmp_path} are up to date\n')
     (tmp_path / 'gfnet_s.in1k.yaml').write_text(generate_recipe('gfnet_s', 'in1k').replace('0.15', '0.1'))
     (tmp_path / 'gfnet_b.transfer.yaml').unlink()
     (tmp_path / 'gfnet_old.in1k.yaml').write_text('model: gfnet_old\n')
     assert check_recipes(tmp_path) == [
         'gfnet_b.transfer.yaml (missing)', 'gfnet_s.in1k.yaml (out of date)', 'gfnet_old.in1k.yaml (no such recipe)']
     assert main(['recipe', '--check', '--out', str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f'timm-gfnet recipe: error: recipes in {tmp_path} differ from the generator: gfnet_b.transfer.yaml (missing), '
+        f'gfnet_s.in1k.yaml (out of date), gfnet_old.in1k.yaml (no such recipe); regenerate them with '
+        f'`timm-gfnet recipe --all --out {tmp_path}`.\n')
 
 
 def test_cli(tmp_path, capsys):

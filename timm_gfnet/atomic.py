@@ -13,9 +13,9 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Union
 
-__all__ = ['atomic_path', 'staged_folder', 'write_text']
+__all__ = ['atomic_path', 'staged_folder', 'write_text', 'write_generated', 'drift']
 
 
 @contextlib.contextmanager
@@ -85,3 +85,20 @@ def write_text(path: Union[str, Path], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding='utf-8')
     return Path(path)
+
+
+def write_generated(files: Dict[Path, Callable[[], str]]) -> List[Path]:
+    """Write each generated text file (path: its generator), each all or nothing; the paths, in order."""
+    return [write_text(path, generate()) for path, generate in files.items()]
+
+
+def drift(files: Dict[Path, Callable[[], str]], stale: Iterable[Path], what: str) -> List[str]:
+    """Problems of generated files against their generators: 'NAME (missing)', 'NAME (out of date)', and
+    'NAME (no such WHAT)' for each of the `stale` files. Empty when everything is current."""
+    problems = []
+    for path, generate in files.items():
+        if not path.is_file():
+            problems.append(f'{path.name} (missing)')
+        elif path.read_text(encoding='utf-8') != generate():
+            problems.append(f'{path.name} (out of date)')
+    return problems + [f'{p.name} (no such {what})' for p in stale]

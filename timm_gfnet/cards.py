@@ -6,15 +6,16 @@ on a model built on the meta device: same graph and shapes, no weights, no compu
 (`PUBLISHED`: their ImageNet-1k results, stated only for their own weights). Nothing depends on the machine or the
 time, so regenerating the cards is a drift check (`timm-gfnet cards --check`).
 """
+import functools
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import timm
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
-from .atomic import write_text
+from .atomic import drift, write_generated
 from .flops import FFT_CONVENTION, profile_model
 from .published import PUBLISHED
 
@@ -108,28 +109,18 @@ def _card(name: str) -> str:
     return str(generate_card(name, authors_weights=True))
 
 
+def _cards(out_dir: Union[str, Path], names: List[str]) -> Dict[Path, Callable[[], str]]:
+    return {Path(out_dir) / f'{n}.md': functools.partial(_card, n) for n in names}
+
+
 def write_cards(out_dir: Union[str, Path], names: Optional[Sequence[str]] = None) -> List[Path]:
     """Write `<out_dir>/<architecture.tag>.md` for every pretrained tag (or `names`)."""
-    names = _names(names)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    paths = [Path(out_dir) / f'{name}.md' for name in names]
-    for name, path in zip(names, paths):
-        write_text(path, _card(name))
-    return paths
+    return write_generated(_cards(out_dir, _names(names)))
 
 
 def check_cards(out_dir: Union[str, Path], names: Optional[Sequence[str]] = None) -> List[str]:
     """Problems of the cards in `out_dir` against the generator: 'NAME.md (missing)', '(out of date)' or, when
     checking the whole family, '(no such pretrained tag)' for stale cards. Empty when everything is current."""
-    out_dir, checked = Path(out_dir), _names(names)
-    problems = []
-    for name in checked:
-        path = out_dir / f'{name}.md'
-        if not path.is_file():
-            problems.append(f'{path.name} (missing)')
-        elif path.read_text(encoding='utf-8') != _card(name):
-            problems.append(f'{path.name} (out of date)')
-    if not names and out_dir.is_dir():
-        stale = [p.name for p in sorted(out_dir.glob('*.md')) if p.stem not in checked]
-        problems += [f'{name} (no such pretrained tag)' for name in stale]
-    return problems
+    cards = _cards(out_dir, _names(names))
+    stale = [] if names else [p for p in sorted(Path(out_dir).glob('*.md')) if p not in cards]
+    return drift(cards, stale, 'pretrained tag')

@@ -127,6 +127,22 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return unwrap_state_dict(checkpoint)
 
 
+def _authors_to_timm_key(k: str) -> str:
+    """Key of the authors' GFNetPyramid state_dict -> ours (isotropic keys are the same in both)."""
+    k = re.sub(r'^patch_embed\.0\.', 'patch_embed.', k)
+    k = re.sub(r'^patch_embed\.(\d+)\.', r'stages.\1.downsample.', k)
+    return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
+
+
+def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height, its
+    width what pos_embed's tokens leave."""
+    n = state_dict['pos_embed'].shape[1]
+    first = state_dict.get('blocks.0.filter.complex_weight', state_dict.get('stages.0.blocks.0.filter.complex_weight'))
+    h = first.shape[0] if first is not None else round(n ** 0.5)
+    return h, n // h
+
+
 # a block's first norm in every layout: ours (`blocks.j`, `stages.i.blocks.j`) and the authors' (`blocks.i.j`)
 _BLOCK_NORM = re.compile(r'^(?:stages\.(\d+)\.blocks\.|blocks\.(?:(\d+)\.)?)(\d+)\.norm1\.weight$')
 
@@ -242,7 +258,6 @@ def load_pretrained(model: nn.Module, checkpoint_path: str) -> None:
                               f'fetch it again.') from None
     registered = timm.models.get_pretrained_cfg(f"{cfg['architecture']}.{cfg['tag']}") if cfg.get('tag') else None
     if downloaded and registered is not None and tuple(cfg['url']) == tuple(registered.url):
-        from .gfnet import _authors_to_timm_key
         digest = weights_digest({_authors_to_timm_key(k): v for k, v in state_dict.items()})
         # in `notes`, a field of timm's PretrainedCfg: save_for_hf writes it and every timm loader reads it back (a
         # key of our own would make `local-dir:` / `hf-hub:` loading fail on PretrainedCfg(**cfg))
@@ -283,8 +298,6 @@ def _build_for(name: str, state_dict: Dict[str, torch.Tensor], kwargs: Dict[str,
     then it is resampled or adapted), holding its weights."""
     import timm
     from timm.layers import to_2tuple
-
-    from .gfnet import _authors_to_timm_key, checkpoint_grid
     keys = {_authors_to_timm_key(k): v for k, v in state_dict.items()}
     stem, head = keys.get('patch_embed.proj.weight'), keys.get('head.weight')
     if stem is not None and 'pos_embed' in keys:  # else check_weights names what is missing

@@ -91,15 +91,19 @@ def _push(args: argparse.Namespace) -> None:
     print(f"load it with timm.create_model('hf-hub:{info.repo_url.repo_id}{at}', pretrained=True)")
 
 
+def _up_to_date(problems: List[str], error: type, what: str, regenerate: str) -> None:
+    """The drift check of generated files (`cards --check`, `recipe --check`): a line when current, else the error."""
+    if problems:
+        raise error(f'{what} differ from the generator: {", ".join(problems)}; regenerate them with `{regenerate}`.')
+    print(f'{what} are up to date')
+
+
 def _cards(args: argparse.Namespace) -> None:
     from .cards import CardDriftError, check_cards, write_cards
 
     if args.check:
-        problems = check_cards(args.out, args.names)
-        if problems:
-            raise CardDriftError(f'model cards in {args.out} differ from the generator: {", ".join(problems)}; '
-                                 f'regenerate them with `timm-gfnet cards --out {args.out}`.')
-        print(f'model cards in {args.out} are up to date')
+        _up_to_date(check_cards(args.out, args.names), CardDriftError, f'model cards in {args.out}',
+                    f'timm-gfnet cards --out {args.out}')
         return
     for path in write_cards(args.out, args.names):
         print(f'wrote {path}')
@@ -113,11 +117,8 @@ def _recipe(args: argparse.Namespace) -> None:
             raise ValueError(f'pass either MODEL ({args.model}) or --all / --check, not both.')
         out = args.out or 'recipes'
         if args.check:
-            problems = check_recipes(out)
-            if problems:
-                raise RecipeDriftError(f'recipes in {out} differ from the generator: {", ".join(problems)}; '
-                                       f'regenerate them with `timm-gfnet recipe --all --out {out}`.')
-            print(f'recipes in {out} are up to date')
+            _up_to_date(check_recipes(out), RecipeDriftError, f'recipes in {out}',
+                        f'timm-gfnet recipe --all --out {out}')
             return
         for path in write_recipes(out):
             print(f'wrote {path}')

@@ -10,7 +10,6 @@ Importing this module (the plugin's model module does, so `import timm` does) re
 compiling or export the `auto` backend runs the DFT as real matmuls: a count of such a graph counts those matmuls
 (more MACs than the FFTs; see `count_macs`, which says which it did).
 """
-import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,7 +58,6 @@ FFT_FLOP_FORMULAS: Dict[Any, Callable[..., int]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)  # once per process: this module calls it on import
 def register_fft_flop_formulas() -> None:
     """Register the FFT formulas with torch.utils.flop_counter (a formula torch has is kept)."""
     for op, formula in FFT_FLOP_FORMULAS.items():
@@ -85,21 +83,16 @@ def fvcore_handles() -> Dict[str, Callable]:
         d = default if d is None else [d] if isinstance(d, int) else d
         return list(range(rank)) if d is None else [a % rank for a in d]
 
-    def rfft(default: Optional[Sequence[int]]) -> Callable:
+    def fft(default: Optional[Sequence[int]], inverse: bool = False) -> Callable:
         def handle(inputs, outputs) -> int:
-            x = shape(inputs[0])
-            return fft_macs(x, dims(inputs[2], len(x), default))
-        return handle
-
-    def irfft(default: Optional[Sequence[int]]) -> Callable:
-        def handle(inputs, outputs) -> int:
-            y = shape(outputs[0])
-            return fft_macs(y, dims(inputs[2], len(y), default))
+            grid = shape(outputs[0] if inverse else inputs[0])  # the real grid: an inverse FFT's output
+            return fft_macs(grid, dims(inputs[2], len(grid), default))
         return handle
 
     return {
-        'aten::fft_rfft': rfft((-1,)), 'aten::fft_rfft2': rfft((-2, -1)), 'aten::fft_rfftn': rfft(None),
-        'aten::fft_irfft': irfft((-1,)), 'aten::fft_irfft2': irfft((-2, -1)), 'aten::fft_irfftn': irfft(None),
+        'aten::fft_rfft': fft((-1,)), 'aten::fft_rfft2': fft((-2, -1)), 'aten::fft_rfftn': fft(None),
+        'aten::fft_irfft': fft((-1,), True), 'aten::fft_irfft2': fft((-2, -1), True),
+        'aten::fft_irfftn': fft(None, True),
     }
 
 
@@ -168,9 +161,7 @@ def count_macs(model: nn.Module, *inputs: Any, backend: Optional[str] = 'fft', *
         model = model.module()
     with _pinned_backend(model, backend), FlopCounterMode(display=False, custom_mapping=FFT_FLOP_FORMULAS) as c:
         model(*inputs, **kwargs)
-    by_op: Dict[str, int] = {}
-    for op, flops in c.get_flop_counts().get('Global', {}).items():
-        by_op[str(op)] = by_op.get(str(op), 0) + flops // 2
+    by_op = {str(op): flops // 2 for op, flops in c.get_flop_counts().get('Global', {}).items()}  # one key per op
     ffts = any('_fft_' in op for op in by_op)
     convention = 'fft' if ffts else 'matmul' if _runs_filters(model) else 'none'
     return FlopCount(macs=c.get_total_flops() // 2, convention=convention, by_op=by_op)

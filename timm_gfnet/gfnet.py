@@ -17,7 +17,6 @@ authors' models (https://github.com/raoyongming/GFNet, MIT licence) compute. Act
 grid as it is.
 """
 import logging
-import re
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
@@ -47,7 +46,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from . import flops  # noqa: F401  (FlopCounterMode counts the FFTs once the model family is loaded)
-from .checkpoint import check_weights, load_pretrained, unwrap_state_dict
+from .checkpoint import _authors_to_timm_key, check_weights, checkpoint_grid, load_pretrained, unwrap_state_dict
 from .global_filter import GlobalFilter, resample_filter
 
 _logger = logging.getLogger(__name__)
@@ -112,16 +111,15 @@ class GFNetStage(nn.Module):
             dim_out: int,
             depth: int,
             grid_size: Tuple[int, int],
+            drop_path: List[float],
             downsample: bool = True,
             dynamic_img_pad: bool = False,
-            drop_path: Tuple[float, ...] = (),
             **block_kwargs,
     ):
         super().__init__()
         dd = {'device': block_kwargs.get('device'), 'dtype': block_kwargs.get('dtype')}
         self.grad_checkpointing = False
         self.downsample = Downsample(dim, dim_out, pad=dynamic_img_pad, **dd) if downsample else nn.Identity()
-        drop_path = drop_path or (0.,) * depth
         self.blocks = nn.Sequential(*[
             Block(dim_out, grid_size, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
@@ -168,14 +166,6 @@ def _grid(img_size: Tuple[int, int], stride: int, pad: bool) -> Tuple[int, int]:
     """The token grid of a stage at `stride`, as PatchEmbed's dynamic_feat_size at the patch stride: partial tokens
     count when padded (dynamic_img_pad: each 2x2 stride-2 conv rounds up), else are dropped (rounds down)."""
     return tuple(-(-s // stride) if pad else s // stride for s in img_size)
-
-
-def _architecture_args(model: nn.Module, embed_dim: Any, depth: Any, mlp: nn.Module) -> Dict[str, Any]:
-    pe = model.patch_embed
-    return dict(
-        img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=model.in_chans,
-        global_pool=model.global_pool, mlp_ratio=mlp.fc1.out_features / mlp.fc1.in_features,
-        dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad, embed_dim=embed_dim, depth=depth)
 
 
 class _GFNetCommon(nn.Module):
@@ -330,11 +320,6 @@ class GFNet(_GFNetCommon):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def architecture_args(self) -> Dict[str, Any]:
-        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
-        return _architecture_args(self, self.num_features, len(self.blocks), self.blocks[0].mlp)
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -471,12 +456,6 @@ class GFNetPyramid(_GFNetCommon):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def architecture_args(self) -> Dict[str, Any]:
-        """The constructor arguments that give this model its shapes, as it is now (after `set_input_size` too)."""
-        return _architecture_args(self, [f['num_chs'] for f in self.feature_info],
-                                  [len(s.blocks) for s in self.stages], self.stages[0].blocks[0].mlp)
-
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -535,22 +514,6 @@ class GFNetPyramid(_GFNetCommon):
         x = self._pos_embed(self.patch_embed(check_input(x, self.in_chans, self.min_img_size)))
         x = self.stages(x)
         return self.norm(x)
-
-
-def _authors_to_timm_key(k: str) -> str:
-    """Key of the authors' GFNetPyramid state_dict -> ours (isotropic keys are the same in both)."""
-    k = re.sub(r'^patch_embed\.0\.', 'patch_embed.', k)
-    k = re.sub(r'^patch_embed\.(\d+)\.', r'stages.\1.downsample.', k)
-    return re.sub(r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', k)
-
-
-def checkpoint_grid(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int]:
-    """The stem's token grid of a checkpoint (our key layout): its height is the first block's filter height, its
-    width what pos_embed's tokens leave."""
-    n = state_dict['pos_embed'].shape[1]
-    first = state_dict.get('blocks.0.filter.complex_weight', state_dict.get('stages.0.blocks.0.filter.complex_weight'))
-    h = first.shape[0] if first is not None else round(n ** 0.5)
-    return h, n // h
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -52,6 +52,18 @@ def _label_config(model: nn.Module) -> Dict[str, Any]:
     return {k: cfg[k] for k in ('label_names', 'label_descriptions') if cfg.get(k)}
 
 
+def _shape_args(model: nn.Module) -> Dict[str, Any]:
+    """The constructor arguments that give a GFNet its shapes, as it is now (after `set_input_size` too)."""
+    pe, stages = model.patch_embed, getattr(model, 'stages', None)
+    fc1 = (stages[0] if stages is not None else model).blocks[0].mlp.fc1
+    return dict(
+        img_size=list(pe.img_size), patch_size=pe.patch_size[0], in_chans=model.in_chans,
+        global_pool=model.global_pool, mlp_ratio=fc1.out_features / fc1.in_features,
+        dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=pe.dynamic_img_pad,
+        embed_dim=[f['num_chs'] for f in model.feature_info] if stages is not None else model.num_features,
+        depth=[len(s.blocks) for s in stages] if stages is not None else len(model.blocks))
+
+
 def _architecture_args(model: nn.Module) -> Dict[str, Any]:
     """The constructor arguments in which `model` differs from its registered variant, e.g. `img_size`.
 
@@ -59,8 +71,8 @@ def _architecture_args(model: nn.Module) -> Dict[str, Any]:
     transformers' TimmWrapper pass it to `create_model` themselves (a second copy fails there).
     """
     with torch.device('meta'):
-        default = timm.create_model(model.pretrained_cfg['architecture']).architecture_args()
-    return {k: v for k, v in model.architecture_args().items() if default.get(k) != v}
+        default = _shape_args(timm.create_model(model.pretrained_cfg['architecture']))
+    return {k: v for k, v in _shape_args(model).items() if default.get(k) != v}
 
 
 def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
@@ -117,7 +129,6 @@ def push_to_hub(
         revision: Optional[str] = None,
         create: bool = True,
         card: Optional[Union[str, Path]] = None,
-        commit_message: Optional[str] = None,
 ) -> Any:
     """Upload `source` (a model, a `local-dir:` folder or a checkpoint file) to the Hub repository `repo_id`.
 
@@ -142,8 +153,7 @@ def push_to_hub(
             export_for_hub(model, tmp, repo_id=repo_id, card=card)
             return api.upload_folder(
                 repo_id=repo_id, folder_path=tmp, revision=revision,
-                commit_message=commit_message or f'Add {model.pretrained_cfg["architecture"]} weights '
-                                                 f'(timm-gfnet {__version__})',
+                commit_message=f'Add {model.pretrained_cfg["architecture"]} weights (timm-gfnet {__version__})',
             )
     except HfHubHTTPError as e:  # one line with what the Hub said, where huggingface_hub's message has several
         if e.response is None:

@@ -74,7 +74,6 @@ def plot_filters(
         model: nn.Module,
         out: Union[str, Path],
         channels: Optional[int] = None,
-        title: Optional[str] = None,
         log: bool = False,
 ) -> Path:
     """Write a picture with one panel per layer (a row of `channels` panels per layer when given) to `out`, exactly
@@ -97,7 +96,7 @@ def plot_filters(
             ax.imshow(img.numpy(), cmap='viridis', interpolation='nearest')
             label = name.replace('.filter', '').replace('stages.', 's').replace('blocks.', 'b')
             ax.set_title(label if channels is None else f'{label} c{j}', fontsize=7)
-    fig.suptitle(title or 'learned global filters: |filter|, zero frequency at the centre', fontsize=9)
+    fig.suptitle('learned global filters: |filter|, zero frequency at the centre', fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
     out = save_figure(fig, out, dpi=110)
     plt.close(fig)
