@@ -64,7 +64,7 @@ FAULTS: List[Fault] = [
         ['tests/test_gfnet.py::test_grad_checkpointing_gives_the_same_gradients'],
         ['tests/test_gfnet.py', 'tests/test_distributed.py']),
     Fault(
-        'checkpoint-cuts-gradient-intermediates', "forward_intermediates' per-block checkpointing detaches each block input",
+        'checkpoint-cuts-gradient-intermediates', "forward_intermediates' checkpointing detaches each block input",
         'timm_gfnet/gfnet.py',
         'x = checkpoint(blk, x)',
         'x = checkpoint(blk, x.detach())', 1,
