@@ -49,7 +49,7 @@ def in_process(hub, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, 'ENDPOINT', hub.endpoint)
-    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True, raising=False)  # huggingface_hub < 0.32: no Xet
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'token'))
     for key in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN'):

@@ -350,6 +350,13 @@ def load_model(
             what = f'describes {architecture!r}, not a GFNet' if config_file.is_file() else 'has no config.json'
             raise ValueError(f'{path} {what}: pass a folder written by `timm-gfnet convert CKPT --out DIR` or timm\'s '
                              f'save_for_hf, or a checkpoint file.')
+        weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if 'img_size' not in kwargs and 'model_args' not in json.loads(config_file.read_text()) and weights:
+            # timm < 1.0.31's save_for_hf records no input size: the weights' own grid says it
+            keys = {_authors_to_timm_key(k): v for k, v in read_checkpoint(weights).items()}
+            stem, grid = keys.get('patch_embed.proj.weight'), checkpoint_grid(keys) if 'pos_embed' in keys else None
+            if stem is not None and grid is not None:
+                kwargs['img_size'] = (grid[0] * stem.shape[2], grid[1] * stem.shape[3])
         return timm.create_model(f'local-dir:{path}', pretrained=True, **kwargs)
     if not path.is_file():
         raise FileNotFoundError(

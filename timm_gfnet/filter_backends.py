@@ -61,6 +61,13 @@ _HALF_UNITS = {
 }
 
 
+def _is_exporting() -> bool:
+    """Inside torch.export or the ONNX export (torch < 2.7 has no is_exporting: any compile or ONNX export there)."""
+    if hasattr(torch.compiler, 'is_exporting'):
+        return torch.compiler.is_exporting()
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 def _is_traced() -> bool:
     """Inside torch.compile / torch.export / ONNX export / jit tracing: real ops only."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -205,4 +212,4 @@ def _eager_filter(x: torch.Tensor, weight: torch.Tensor, backend: str, channels_
         mats = _dft_matrices(size, x.device, dtype, dtype == torch.float64)
     else:
         mats = _cached_dft_matrices(tuple(size), x.device, dtype)
-    return _matmul_filter(x, weight, mats, channels_last, torch.compiler.is_exporting())
+    return _matmul_filter(x, weight, mats, channels_last, _is_exporting())

@@ -83,6 +83,9 @@ def save_for_hub(model: nn.Module, out_dir: Union[str, Path]) -> Path:
     config_file = out_dir / 'config.json'
     config = json.loads(config_file.read_text())
     config.pop('model_args', None)
+    # a plain state_dict: the registry's custom_load (for the authors' training checkpoints) does not apply here, and
+    # timm < 1.0.31 would hand an hf-hub: source to it
+    config['pretrained_cfg']['custom_load'] = False
     args = _architecture_args(model)
     if args:
         config['model_args'] = args
