@@ -6,11 +6,11 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
-from timm.models import save_for_hf
 
 from reference import authors_state_dict, input_batch, write_authors_checkpoint
 from timm_gfnet.cli import main
 from timm_gfnet.gfnet import checkpoint_filter_fn
+from timm_gfnet.hub import save_for_hub
 from timm_gfnet.onnx_export import check_openvino, export_onnx
 
 
@@ -28,7 +28,8 @@ def _assert_portable(path) -> None:
     assert batch.dim_param and not batch.dim_value, 'the batch axis must be dynamic'
 
 
-# small checkpoints of both families, as timm's save_for_hf writes them: what `--checkpoint` takes
+# small checkpoints of both families, as `convert` writes them (their architecture in config.json's model_args, which
+# timm < 1.0.31's save_for_hf does not record): what `--checkpoint` takes
 TINY = {
     'gfnet_ti': dict(depth=1, embed_dim=32, img_size=64, num_classes=5),
     'gfnet_h_ti': dict(depth=(1, 1, 1, 1), embed_dim=(8, 16, 24, 32), img_size=64, num_classes=5),
@@ -39,7 +40,7 @@ TINY = {
 def test_export_cli(name, tmp_path, capsys):
     """`export-onnx --checkpoint`: checked in onnxruntime and OpenVINO by the command, then here in onnxruntime at a
     batch size the command did not use, against the model loaded back by plain timm."""
-    save_for_hf(timm.create_model(name, **TINY[name]), tmp_path / 'ckpt')
+    save_for_hub(timm.create_model(name, **TINY[name]), tmp_path / 'ckpt')
     out = tmp_path / f'{name}.onnx'
     assert main(['export-onnx', '--checkpoint', str(tmp_path / 'ckpt'), '--out', str(out)]) == 0
     printed = capsys.readouterr().out
@@ -120,6 +121,12 @@ def test_openvino_runs_the_export_and_says_what_its_default_precision_does(tmp_p
 
 
 
+# torch < 2.7 has no torch.compiler.is_exporting, and its exporter fails on the right-operand form: the export there
+# keeps the eager form, which NNCF's defaults cannot quantize (docs/export.md)
+needs_is_exporting = pytest.mark.skipif(not hasattr(torch.compiler, 'is_exporting'),
+                                        reason='the NNCF-ready export needs torch >= 2.7 (torch.compiler.is_exporting)')
+
+
 def _assert_nncf_ready(path) -> None:
     """What NNCF needs to scale constants: no Gather picking the filter's real / imaginary parts out of one weight
     initializer (its quantize raises a KeyError on them), and every MatMul's constant on the right (a constant left
@@ -146,6 +153,7 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@needs_is_exporting
 def test_int8_with_nncf_defaults_within_3e_2_of_f32(tmp_path):
     """The issue's target on the model it was measured on: gfnet_ti at 224, the authors' weight scale, NNCF's
     defaults calibrated on 8 random images; OpenVINO compiles the result. Bound: 2.3e-2 here, on 16 other images
@@ -163,6 +171,7 @@ def test_int8_with_nncf_defaults_within_3e_2_of_f32(tmp_path):
     assert _rel_l2(got, ref) < 3e-2 and (got.argmax(1) == ref.argmax(1)).all()
 
 
+@needs_is_exporting
 def test_hierarchical_export_is_what_nncf_quantizes(tmp_path):
     """The same for the hierarchical family (downsampling layers, four filter sizes), small. Bound: 8-32 channels and
     logits near 0.02 are too few and too small for int8 rounding noise to average out (2-12e-2 over seeds, mostly

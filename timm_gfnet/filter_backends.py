@@ -62,10 +62,9 @@ _HALF_UNITS = {
 
 
 def _is_exporting() -> bool:
-    """Inside torch.export or the ONNX export (torch < 2.7 has no is_exporting: any compile or ONNX export there)."""
-    if hasattr(torch.compiler, 'is_exporting'):
-        return torch.compiler.is_exporting()
-    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    """Inside torch.export or the ONNX export. torch < 2.7 has no is_exporting, and its exporter fails on the
+    right-operand form (symbolic numel): exports there keep the eager form, which NNCF's defaults cannot quantize."""
+    return hasattr(torch.compiler, 'is_exporting') and torch.compiler.is_exporting()
 
 
 def _is_traced() -> bool:
