@@ -174,6 +174,7 @@ def _matmul_filter(x: torch.Tensor, weight: torch.Tensor, mats: List[torch.Tenso
     w = weight.to(z.dtype).movedim(-1, 0)
     if not channels_last:
         w = w.movedim(-1, 0)
+    w = w.contiguous()  # real and imaginary planes each contiguous: strided ones made the products 2x slower
     zr, zi = z.select(lead, 0), z.select(lead, 1)
     wr, wi = w.select(lead - 1, 0), w.select(lead - 1, 1)
     y = torch.stack((zr * wr - zi * wi, zr * wi + zi * wr), lead)
